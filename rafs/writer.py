@@ -79,9 +79,7 @@ def compute_digests(order: Sequence[FsNode], links: dict[int, int], digester: in
     digests: dict[int, bytes] = {}
     for node in reversed(order):
         if node.is_dir:
-            content = digest.directory_content(
-                (name, digests[id(child)]) for name, child in node.children.items()
-            )
+            content = digest.directory_content((name, digests[id(child)]) for name, child in node.children.items())
         elif node.is_reg:
             content = digest.file_content(chunk.digest for chunk in node.chunks)
         elif node.is_symlink:

@@ -1,0 +1,395 @@
+"""`check`, `inspect`, `stat` and `unpack`: read a bootstrap (and its blobs) back.
+
+`check` trusts nothing: it recomputes every inode digest bottom-up from the records, compares
+each with the stored one and the root with the superblock, then reads, decompresses and
+verifies every chunk of every blob, naming the first broken file and chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO
+
+from rafs import digest, layout
+from rafs.blob import decode_chunk
+from rafs.bootstrap import Bootstrap
+from rafs.errors import ChunkError, CorruptBootstrap, NydusError
+from rafs.records import ChunkRecord
+
+
+class BlobFiles:
+    """Reads chunks from blob files in a directory (named by blob id), verifying each."""
+
+    def __init__(self, bootstrap: Bootstrap, blob_dir: str) -> None:
+        self.bootstrap = bootstrap
+        self.blob_dir = blob_dir
+        self.handles: dict[int, IO[bytes]] = {}
+
+    def _handle(self, blob_index: int) -> IO[bytes]:
+        handle = self.handles.get(blob_index)
+        if handle is None:
+            path = os.path.join(self.blob_dir, self.bootstrap.blobs[blob_index].blob_id)
+            try:
+                handle = self.handles[blob_index] = open(path, "rb")  # noqa: SIM115 - closed in close()
+            except FileNotFoundError:
+                raise NydusError(f"blob file {path} is missing") from None
+        return handle
+
+    def read_chunk(self, record: ChunkRecord, chunk_index: int = -1) -> bytes:
+        if record.is_zero:
+            return bytes(record.uncompressed_size)
+        blob = self.bootstrap.blobs[record.blob_index]
+        handle = self._handle(record.blob_index)
+        handle.seek(record.compressed_offset)
+        stored = handle.read(record.compressed_size)
+        try:
+            return decode_chunk(stored, record, blob.compressor, self.bootstrap.digester)
+        except ChunkError as error:
+            raise type(error)(str(error), blob_id=blob.blob_id, chunk_index=chunk_index) from None
+
+    def iter_file(self, ino: int) -> Iterator[bytes]:
+        inode = self.bootstrap.inode(ino)
+        for position in range(inode.data_count):
+            index = inode.data_start + position
+            yield self.read_chunk(self.bootstrap.chunk(index), index)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class CheckReport:
+    inodes: int = 0
+    chunks_verified: int = 0
+    blobs_verified: int = 0
+    root_digest: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def recompute_digests(bootstrap: Bootstrap) -> dict[int, bytes]:
+    """Every inode's digest recomputed from its records; raises on the first mismatch."""
+    order = list(bootstrap.walk())
+    recomputed: dict[int, bytes] = {}
+    path_of = {ino: path for path, ino in reversed(order)}
+    for path, ino in reversed(order):
+        if ino in recomputed:
+            continue
+        inode = bootstrap.inode(ino)
+        if inode.is_dir:
+            content = digest.directory_content((entry.name, recomputed[entry.ino]) for entry in bootstrap.readdir(ino))
+        elif inode.is_reg:
+            chunks = bootstrap.chunks(ino)
+            content = digest.file_content(chunk.digest for chunk in chunks)
+            expected_offset = 0
+            for chunk in chunks:
+                if chunk.file_offset != expected_offset:
+                    raise CorruptBootstrap(
+                        f"{_show(path)}: chunk at file offset {chunk.file_offset}, expected {expected_offset}"
+                    )
+                expected_offset += chunk.uncompressed_size
+            if expected_offset != inode.size:
+                raise CorruptBootstrap(f"{_show(path)}: chunks cover {expected_offset} bytes, size is {inode.size}")
+        elif inode.is_symlink:
+            content = bootstrap.readlink(ino)
+        else:
+            content = b""
+        value = digest.inode_digest(
+            bootstrap.digester,
+            mode=inode.mode,
+            nlink=inode.nlink,
+            uid=inode.uid,
+            gid=inode.gid,
+            size=inode.size,
+            rdev=inode.rdev,
+            mtime_ns=inode.mtime_ns,
+            xattrs=digest.encode_xattrs(bootstrap.xattrs(ino)),
+            content=content,
+        )
+        if value != inode.digest:
+            raise CorruptBootstrap(f"{_show(path_of[ino])}: inode {ino} digest mismatch")
+        recomputed[ino] = value
+    if recomputed[layout.ROOT_INO] != bootstrap.superblock.root_digest:
+        raise CorruptBootstrap("root digest in the superblock does not match the tree")
+    return recomputed
+
+
+def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
+    """Verify the Merkle tree, then (with `blob_dir`) every blob and chunk."""
+    report = CheckReport()
+    report.inodes = len(recompute_digests(bootstrap))
+    report.root_digest = bootstrap.superblock.root_digest.hex()
+    if blob_dir is None:
+        return report
+    for blob in bootstrap.blobs:
+        path = os.path.join(blob_dir, blob.blob_id)
+        if not os.path.exists(path):
+            raise NydusError(f"blob {blob.blob_id} is missing from {blob_dir}")
+        sha = hashlib.sha256()
+        with open(path, "rb") as file:
+            while data := file.read(1 << 20):
+                sha.update(data)
+        if sha.hexdigest() != blob.blob_id:
+            raise NydusError(f"blob {blob.blob_id}: content has sha256 {sha.hexdigest()} (truncated or altered)")
+        report.blobs_verified += 1
+    files = BlobFiles(bootstrap, blob_dir)
+    verified: set[tuple[int, int]] = set()
+    try:
+        for path, ino in bootstrap.walk():
+            inode = bootstrap.inode(ino)
+            if not inode.is_reg:
+                continue
+            for position in range(inode.data_count):
+                index = inode.data_start + position
+                record = bootstrap.chunk(index)
+                key = (record.blob_index, record.compressed_offset)
+                if record.is_zero or key in verified:
+                    continue
+                try:
+                    files.read_chunk(record, index)
+                except ChunkError as error:
+                    raise NydusError(f"{_show(path)}: chunk {position} of the file: {error}") from None
+                verified.add(key)
+                report.chunks_verified += 1
+    finally:
+        files.close()
+    return report
+
+
+def describe_inode(bootstrap: Bootstrap, path: str) -> dict[str, object]:
+    """`inspect PATH`: metadata, xattrs, chunks and digest of one path."""
+    ino = bootstrap.resolve(path)
+    if ino is None:
+        raise NydusError(f"{path}: no such path in the bootstrap")
+    inode = bootstrap.inode(ino)
+    result: dict[str, object] = {
+        "path": path,
+        "ino": ino,
+        "mode": f"{inode.mode:o}",
+        "type": _type_name(inode.mode),
+        "nlink": inode.nlink,
+        "uid": inode.uid,
+        "gid": inode.gid,
+        "size": inode.size,
+        "mtime_ns": inode.mtime_ns,
+        "rdev": inode.rdev,
+        "digest": inode.digest.hex(),
+        "xattrs": {k.decode("utf-8", "backslashreplace"): v.hex() for k, v in bootstrap.xattrs(ino).items()},
+    }
+    if inode.is_symlink:
+        result["target"] = _show(bootstrap.readlink(ino))
+    if inode.is_dir:
+        result["entries"] = [_show(entry.name) for entry in bootstrap.readdir(ino)]
+    if inode.is_reg:
+        result["chunks"] = [
+            {
+                "blob": bootstrap.blobs[c.blob_index].blob_id if not c.is_zero else None,
+                "file_offset": c.file_offset,
+                "compressed_offset": c.compressed_offset,
+                "compressed_size": c.compressed_size,
+                "uncompressed_size": c.uncompressed_size,
+                "compressed": c.is_compressed,
+                "zero": c.is_zero,
+                "digest": c.digest.hex(),
+            }
+            for c in bootstrap.chunks(ino)
+        ]
+    return result
+
+
+def _type_name(mode: int) -> str:
+    return {
+        stat.S_IFREG: "file",
+        stat.S_IFDIR: "directory",
+        stat.S_IFLNK: "symlink",
+        stat.S_IFCHR: "char",
+        stat.S_IFBLK: "block",
+        stat.S_IFIFO: "fifo",
+    }.get(stat.S_IFMT(mode), "unknown")
+
+
+def statistics(bootstrap: Bootstrap, bootstrap_size: int) -> dict[str, object]:
+    """`stat`: counts, sizes, dedup ratio and compression ratio of an image."""
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    logical_bytes = 0
+    chunk_refs = 0
+    unique: dict[tuple[int, int], tuple[int, int]] = {}
+    for _, ino in bootstrap.walk():
+        inode = bootstrap.inode(ino)
+        kind = _type_name(inode.mode)
+        counts[kind] = counts.get(kind, 0) + 1
+        if ino in seen:
+            continue
+        seen.add(ino)
+        if inode.is_reg:
+            logical_bytes += inode.size
+            for chunk in bootstrap.chunks(ino):
+                chunk_refs += 1
+                if not chunk.is_zero:
+                    unique[(chunk.blob_index, chunk.compressed_offset)] = (
+                        chunk.compressed_size,
+                        chunk.uncompressed_size,
+                    )
+    stored_uncompressed = sum(u for _, u in unique.values())
+    stored_compressed = sum(c for c, _ in unique.values())
+    return {
+        "entries": counts,
+        "inodes": bootstrap.inode_count,
+        "hard_links": sum(counts.values()) - bootstrap.inode_count,
+        "logical_bytes": logical_bytes,
+        "chunk_references": chunk_refs,
+        "unique_chunks": len(unique),
+        "stored_uncompressed_bytes": stored_uncompressed,
+        "stored_compressed_bytes": stored_compressed,
+        "dedup_ratio": round(logical_bytes / stored_uncompressed, 3) if stored_uncompressed else 1.0,
+        "compression_ratio": round(stored_uncompressed / stored_compressed, 3) if stored_compressed else 1.0,
+        "blobs": [
+            {
+                "id": b.blob_id,
+                "compressed_size": b.compressed_size,
+                "chunks": b.chunk_count,
+                "compressor": b.compressor_name,
+            }
+            for b in bootstrap.blobs
+        ],
+        "bootstrap_bytes": bootstrap_size,
+        "chunk_size": bootstrap.chunk_size,
+        "digester": layout.DIGESTER_NAMES[bootstrap.digester],
+        "root_digest": bootstrap.superblock.root_digest.hex(),
+    }
+
+
+def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
+    """Write the tree under `output` exactly as a container would see it."""
+    files = BlobFiles(bootstrap, blob_dir)
+    target_root = os.fsencode(os.path.abspath(output))
+    os.makedirs(target_root, exist_ok=True)
+    first_path: dict[int, bytes] = {}
+    directories: list[tuple[bytes, int]] = []
+    try:
+        for path, ino in bootstrap.walk():
+            inode = bootstrap.inode(ino)
+            full = target_root + path if path != b"/" else target_root
+            if inode.is_dir:
+                if path != b"/":
+                    os.mkdir(full, 0o700)
+                directories.append((full, ino))
+                continue
+            if not inode.is_dir and inode.nlink > 1 and ino in first_path:
+                os.link(first_path[ino], full)
+                continue
+            first_path[ino] = full
+            if inode.is_reg:
+                with open(full, "wb") as out:
+                    for data in files.iter_file(ino):
+                        out.write(data)
+            elif inode.is_symlink:
+                os.symlink(bootstrap.readlink(ino), full)
+            elif stat.S_ISCHR(inode.mode) or stat.S_ISBLK(inode.mode) or stat.S_ISFIFO(inode.mode):
+                os.mknod(full, stat.S_IFMT(inode.mode) | 0o600, inode.rdev)
+            _apply_metadata(bootstrap, ino, full)
+        for full, ino in reversed(directories):
+            _apply_metadata(bootstrap, ino, full)
+    finally:
+        files.close()
+
+
+def _apply_metadata(bootstrap: Bootstrap, ino: int, full: bytes) -> None:
+    inode = bootstrap.inode(ino)
+    for name, value in bootstrap.xattrs(ino).items():
+        os.setxattr(full, name, value, follow_symlinks=False)
+    os.lchown(full, inode.uid, inode.gid)
+    if not inode.is_symlink:
+        os.chmod(full, stat.S_IMODE(inode.mode))  # after chown, which clears setuid/setgid
+    os.utime(full, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=False)
+
+
+def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
+    """Write the tree as a PAX tar (xattrs, nanosecond mtimes, hard links kept)."""
+    files = BlobFiles(bootstrap, blob_dir)
+    directory = os.path.dirname(os.path.abspath(output))
+    descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".unpack-", suffix=".tmp")
+    first_path: dict[int, str] = {}
+    try:
+        with (
+            os.fdopen(descriptor, "wb") as raw,
+            tarfile.open(
+                fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+            ) as archive,
+        ):
+            for path, ino in bootstrap.walk():
+                inode = bootstrap.inode(ino)
+                name = "." + os.fsdecode(path) if path != b"/" else "."
+                info = tarfile.TarInfo(name)
+                info.mode = stat.S_IMODE(inode.mode)
+                info.uid, info.gid = inode.uid, inode.gid
+                info.mtime = inode.mtime_sec
+                pax = {"mtime": str(Decimal(inode.mtime_ns) / Decimal(1_000_000_000))}
+                for key, value in bootstrap.xattrs(ino).items():
+                    pax["SCHILY.xattr." + key.decode("utf-8", "surrogateescape")] = value.decode(
+                        "utf-8", "surrogateescape"
+                    )
+                info.pax_headers = pax
+                data: _ChunkStream | None = None
+                if not inode.is_dir and inode.nlink > 1 and ino in first_path:
+                    info.type = tarfile.LNKTYPE
+                    info.linkname = first_path[ino]
+                elif inode.is_dir:
+                    info.type = tarfile.DIRTYPE
+                elif inode.is_reg:
+                    info.size = inode.size
+                    data = _ChunkStream(files.iter_file(ino))
+                elif inode.is_symlink:
+                    info.type = tarfile.SYMTYPE
+                    info.linkname = os.fsdecode(bootstrap.readlink(ino))
+                elif stat.S_ISFIFO(inode.mode):
+                    info.type = tarfile.FIFOTYPE
+                else:
+                    info.type = tarfile.CHRTYPE if stat.S_ISCHR(inode.mode) else tarfile.BLKTYPE
+                    info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
+                if not inode.is_dir:
+                    first_path.setdefault(ino, name)
+                archive.addfile(info, data)  # type: ignore[arg-type]
+        os.replace(temp_path, output)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+    finally:
+        files.close()
+
+
+class _ChunkStream:
+    """A file-like view over an iterator of chunks, for `tarfile.addfile` (no re-copying)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.current = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes] = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted > 0:
+            if not self.current:
+                try:
+                    self.current = memoryview(next(self.chunks))
+                except StopIteration:
+                    break
+            part = self.current[:wanted]
+            self.current = self.current[len(part) :]
+            parts.append(bytes(part))
+            wanted -= len(part)
+        return b"".join(parts)

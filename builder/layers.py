@@ -1,0 +1,356 @@
+"""Read image layers as a stream of entries: tar (plain, gzip, zstd), directories, OCI layouts.
+
+Nothing is extracted to disk and no layer is held in memory: each regular file's data is
+offered as a file object that the caller must consume before asking for the next entry. Every
+path is normalised to a relative byte path and refused if it tries to leave the root.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import IO
+
+import zstandard
+
+from rafs.errors import BuildError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+FILE, DIRECTORY, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO = (
+    "file",
+    "directory",
+    "symlink",
+    "hardlink",
+    "char",
+    "block",
+    "fifo",
+)
+_TYPE_BITS = {
+    FILE: stat.S_IFREG,
+    DIRECTORY: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    CHAR: stat.S_IFCHR,
+    BLOCK: stat.S_IFBLK,
+    FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass
+class LayerEntry:
+    """One entry of a layer, with its path relative to the root (b"" is the root itself)."""
+
+    path: bytes
+    kind: str
+    permissions: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    rdev: int = 0
+    link_target: bytes = b""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> int:
+        """Full st_mode: type bits plus permissions (a hard link has no type of its own)."""
+        return _TYPE_BITS.get(self.kind, 0) | (self.permissions & 0o7777)
+
+
+def normalize_path(raw: bytes, layer: str, what: str = "path") -> bytes:
+    """`raw` as a clean relative path; `BuildError` if absolute or if it has a `..` component."""
+    if raw.startswith(b"/"):
+        raise BuildError(f"absolute {what} escapes the root", layer=layer, entry=_show(raw))
+    parts = []
+    for part in raw.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            raise BuildError(f"{what} with '..' escapes the root", layer=layer, entry=_show(raw))
+        parts.append(part)
+    return b"/".join(parts)
+
+
+def _show(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class HashingReader:
+    """Wraps a binary stream and hashes every byte read through it (layer digest checks)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.sha256.update(data)
+        self.bytes_read += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end, so the digest covers trailing bytes after the tar's end marker."""
+        while self.read(1 << 20):
+            pass
+
+
+def open_decompressed(stream: IO[bytes], magic: bytes) -> IO[bytes]:
+    """A reader of the uncompressed tar bytes, chosen by the stream's first bytes."""
+    if magic.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if magic.startswith(ZSTD_MAGIC):
+        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return reader
+    return stream
+
+
+def iter_tar_layer(path: str, layer: str | None = None) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
+    """Entries of a tar layer file (plain, gzip or zstd). Data streams must be read in order."""
+    name = layer or os.path.basename(path)
+    with open(path, "rb") as raw:
+        yield from iter_tar_stream(raw, name)
+
+
+def iter_tar_stream(raw: IO[bytes], layer: str) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
+    """Entries of a tar stream; wraps every decoding failure into one `BuildError`."""
+    magic = raw.read(4)
+    stream = _Prefixed(magic, raw)
+    current = ""
+    try:
+        with tarfile.open(
+            fileobj=open_decompressed(stream, magic),  # type: ignore[arg-type]
+            mode="r|",
+            encoding="utf-8",
+            errors="surrogateescape",
+        ) as archive:
+            for member in archive:
+                current = member.name
+                entry = _entry_from_member(member, layer)
+                data = archive.extractfile(member) if entry.kind == FILE else None
+                yield entry, data
+                if data is not None:
+                    # The consumer should have read everything; make sure the tar stays aligned.
+                    while data.read(1 << 20):
+                        pass
+    except BuildError:
+        raise
+    except (
+        tarfile.TarError,
+        EOFError,
+        zlib.error,
+        gzip.BadGzipFile,
+        zstandard.ZstdError,
+        OSError,
+        ValueError,
+    ) as error:
+        where = f" after entry {current!r}" if current else " at its start"
+        raise BuildError(f"unreadable tar stream{where}: {error}", layer=layer) from None
+
+
+class _Prefixed:
+    """A stream with a few already-read bytes put back in front (for magic sniffing)."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        self.prefix = prefix
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self.prefix:
+            if size < 0:
+                data, self.prefix = self.prefix + self.stream.read(), b""
+                return data
+            data, self.prefix = self.prefix[:size], self.prefix[size:]
+            if len(data) < size:
+                data += self.stream.read(size - len(data))
+            return data
+        return self.stream.read(size)
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    exact = member.pax_headers.get("mtime")
+    if exact is not None:
+        try:
+            return int(Decimal(exact) * 1_000_000_000)
+        except InvalidOperation:
+            raise BuildError(f"invalid pax mtime {exact!r}", entry=member.name) from None
+    return int(member.mtime) * 1_000_000_000
+
+
+def _entry_from_member(member: tarfile.TarInfo, layer: str) -> LayerEntry:
+    path = normalize_path(member.name.encode("utf-8", "surrogateescape"), layer)
+    xattrs = {
+        key[len("SCHILY.xattr.") :].encode("utf-8", "surrogateescape"): value.encode("utf-8", "surrogateescape")
+        for key, value in member.pax_headers.items()
+        if key.startswith("SCHILY.xattr.")
+    }
+    try:
+        mtime_ns = _mtime_ns(member)
+    except BuildError as error:
+        raise BuildError(str(error), layer=layer) from None
+    entry = LayerEntry(
+        path=path,
+        kind=FILE,
+        permissions=member.mode & 0o7777,
+        uid=member.uid,
+        gid=member.gid,
+        mtime_ns=mtime_ns,
+        xattrs=xattrs,
+    )
+    if member.isreg():
+        entry.size = member.size
+    elif member.isdir():
+        entry.kind = DIRECTORY
+    elif member.issym():
+        entry.kind = SYMLINK
+        entry.link_target = member.linkname.encode("utf-8", "surrogateescape")
+        if not entry.link_target:
+            raise BuildError("symlink with an empty target", layer=layer, entry=member.name)
+    elif member.islnk():
+        entry.kind = HARDLINK
+        entry.link_target = normalize_path(
+            member.linkname.encode("utf-8", "surrogateescape"), layer, "hard link target"
+        )
+    elif member.ischr() or member.isblk():
+        entry.kind = CHAR if member.ischr() else BLOCK
+        entry.rdev = os.makedev(member.devmajor, member.devminor)
+    elif member.isfifo():
+        entry.kind = FIFO
+    else:
+        raise BuildError(f"unsupported tar entry type {member.type!r}", layer=layer, entry=member.name)
+    if not path and entry.kind != DIRECTORY:
+        raise BuildError("the root must be a directory", layer=layer, entry=member.name)
+    return entry
+
+
+def iter_directory(root: str, layer: str | None = None) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
+    """Entries of a directory tree, sorted by name; hard links found by (device, inode)."""
+    name = layer or root
+    seen_inodes: dict[tuple[int, int], bytes] = {}
+    stack: list[bytes] = [b""]
+    root_bytes = os.fsencode(root)
+    while stack:
+        relative = stack.pop()
+        full = os.path.join(root_bytes, relative) if relative else root_bytes
+        info = os.lstat(full)
+        entry = LayerEntry(
+            path=relative,
+            kind=FILE,
+            permissions=stat.S_IMODE(info.st_mode),
+            uid=info.st_uid,
+            gid=info.st_gid,
+            mtime_ns=info.st_mtime_ns,
+            xattrs=_read_xattrs(full),
+        )
+        if stat.S_ISDIR(info.st_mode):
+            entry.kind = DIRECTORY
+            yield entry, None
+            children = sorted(os.listdir(full))
+            for child in reversed(children):
+                stack.append(os.path.join(relative, child) if relative else child)
+            continue
+        key = (info.st_dev, info.st_ino)
+        if not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1 and key in seen_inodes:
+            entry.kind = HARDLINK
+            entry.link_target = seen_inodes[key]
+            yield entry, None
+            continue
+        if info.st_nlink > 1:
+            seen_inodes[key] = relative
+        if stat.S_ISREG(info.st_mode):
+            entry.size = info.st_size
+            with open(full, "rb") as data:
+                yield entry, data
+        elif stat.S_ISLNK(info.st_mode):
+            entry.kind = SYMLINK
+            entry.link_target = os.readlink(full)
+            yield entry, None
+        elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            entry.kind = CHAR if stat.S_ISCHR(info.st_mode) else BLOCK
+            entry.rdev = info.st_rdev
+            yield entry, None
+        elif stat.S_ISFIFO(info.st_mode):
+            entry.kind = FIFO
+            yield entry, None
+        else:
+            raise BuildError(
+                "sockets and unknown file types cannot be part of an image", layer=name, entry=_show(relative)
+            )
+
+
+def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    result = {}
+    for attribute in names:
+        try:
+            result[attribute.encode("utf-8", "surrogateescape")] = os.getxattr(path, attribute, follow_symlinks=False)
+        except OSError:
+            continue
+    return result
+
+
+@dataclass(frozen=True)
+class OciLayer:
+    """A layer blob in an OCI image layout, with the digest its manifest promises."""
+
+    path: str
+    digest: str
+    media_type: str
+
+
+def oci_layout_layers(reference: str) -> list[OciLayer]:
+    """The layers of `DIR[:tag]` in an OCI image layout, lowest first."""
+    directory, _, tag = reference.partition(":")
+    if not os.path.isdir(directory):
+        raise BuildError(f"OCI layout {directory!r} is not a directory")
+    try:
+        with open(os.path.join(directory, "index.json"), "rb") as file:
+            index = json.load(file)
+        manifests = index["manifests"]
+        chosen = None
+        for descriptor in manifests:
+            ref_name = descriptor.get("annotations", {}).get("org.opencontainers.image.ref.name")
+            if (tag and ref_name == tag) or (not tag and chosen is None):
+                chosen = descriptor
+        if chosen is None:
+            raise BuildError(f"OCI layout {directory!r} has no image tagged {tag!r}")
+        manifest = _read_json_blob(directory, chosen["digest"])
+        if "manifests" in manifest:  # an image index: take the first linux/amd64 or the first
+            nested = [m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") in (None, "amd64")]
+            manifest = _read_json_blob(directory, (nested or manifest["manifests"])[0]["digest"])
+        return [
+            OciLayer(_blob_path(directory, layer["digest"]), layer["digest"], layer.get("mediaType", ""))
+            for layer in manifest["layers"]
+        ]
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise BuildError(f"OCI layout {directory!r} is malformed: {error}") from None
+
+
+def _blob_path(directory: str, digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
+        raise BuildError(f"unsupported or malformed digest {digest!r}")
+    return os.path.join(directory, "blobs", algorithm, hexdigest)
+
+
+def _read_json_blob(directory: str, digest: str) -> dict[str, object]:
+    with open(_blob_path(directory, digest), "rb") as file:
+        data = file.read()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise BuildError(f"OCI blob {digest} does not match its digest")
+    result = json.loads(data)
+    if not isinstance(result, dict):
+        raise BuildError(f"OCI blob {digest} is not a JSON object")
+    return result
