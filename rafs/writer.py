@@ -75,9 +75,13 @@ def count_links(order: Sequence[FsNode]) -> dict[int, int]:
 
 
 def compute_digests(order: Sequence[FsNode], links: dict[int, int], digester: int) -> dict[int, bytes]:
-    """The Merkle digest of every node, children before parents (reverse BFS order)."""
+    """The Merkle digest of every node, children before parents.
+
+    Non-directories first (a hard link may sit in a directory that comes after its first name
+    in BFS order), then directories in reverse BFS order.
+    """
     digests: dict[int, bytes] = {}
-    for node in reversed(order):
+    for node in [*(n for n in order if not n.is_dir), *(n for n in reversed(order) if n.is_dir)]:
         if node.is_dir:
             content = digest.directory_content((name, digests[id(child)]) for name, child in node.children.items())
         elif node.is_reg:
