@@ -48,7 +48,9 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
-_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 
 
 class InvalidReference(NydusError):
@@ -141,7 +143,11 @@ def select_manifest(index: Mapping[str, object], wanted: Sequence[Platform]) -> 
             if not isinstance(offered, dict):
                 continue
             same_variant = not platform.variant or offered.get("variant", platform.variant) == platform.variant
-            if offered.get("os") == platform.os and offered.get("architecture") == platform.architecture and same_variant:
+            if (
+                offered.get("os") == platform.os
+                and offered.get("architecture") == platform.architecture
+                and same_variant
+            ):
                 return descriptor
     names = ", ".join(f"{p.os}/{p.architecture}" for p in wanted)
     raise InvalidReference(f"image index has no manifest for {names}")
