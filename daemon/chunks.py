@@ -1,0 +1,156 @@
+"""`ChunkSource`: the trio side of the read path, from chunk slices to bytes.
+
+Blocking work never runs on the event loop: cache reads and backend fetches go to worker
+threads, each under its own `CapacityLimiter`, so readers of cached data keep going while every
+fetch thread waits on a slow backend. Concurrent misses of one chunk are fetched once: the
+first reader registers a flight in `_flights` and fetches; later readers wait on its event and
+share its result. Claiming a flight has no `await` between the check and the insert, so two
+tasks cannot both claim one chunk (the event loop runs one task at a time between awaits).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from daemon.storage.backend import BackendError, BlobBackend
+from daemon.storage.cache import ChunkCache, ChunkKey
+from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks
+from rafs.bootstrap import Bootstrap
+from rafs.records import ChunkSlice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Flight:
+    """One chunk being fetched; `result` is set before `done` fires."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: ChunkResult | None = None
+
+
+@dataclass
+class ChunkStats:
+    cache_hits: int = 0
+    fetched: int = 0
+    shared_waits: int = 0
+    errors: int = 0
+
+
+class ChunkSource:
+    """Serves chunk slices of one bootstrap from a cache, or a backend on a miss."""
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        backend: BlobBackend,
+        cache: ChunkCache,
+        *,
+        validate: bool = True,
+        merging_size: int = 1 << 20,
+        fetch_threads: int = 4,
+        cache_threads: int = 8,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.backend = backend
+        self.cache = cache
+        self.validate = validate
+        self.merging_size = merging_size
+        self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
+        self.cache_limiter = trio.CapacityLimiter(cache_threads)
+        self.stats = ChunkStats()
+        self._flights: dict[ChunkKey, _Flight] = {}
+
+    def request(self, piece: ChunkSlice) -> ChunkRequest:
+        return ChunkRequest(piece.chunk_index, piece.record, self.bootstrap.blobs[piece.record.blob_index])
+
+    async def read(self, pieces: Sequence[ChunkSlice]) -> list[bytes]:
+        """The bytes of every slice, in order; the first failing chunk's error is raised."""
+        out: list[bytes | None] = [bytes(piece.length) if piece.record.is_zero else None for piece in pieces]
+        wanted = [
+            (position, self.request(piece), piece) for position, piece in enumerate(pieces) if out[position] is None
+        ]
+        if not wanted:
+            return [part or b"" for part in out]
+        cached = await trio.to_thread.run_sync(self._read_cached, wanted, limiter=self.cache_limiter)
+        misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
+        for item, data in zip(wanted, cached, strict=True):
+            if data is None:
+                misses.append(item)
+            else:
+                out[item[0]] = data
+        self.stats.cache_hits += len(wanted) - len(misses)
+        if misses:
+            chunks = await self._fetch([request for _, request, _ in misses])
+            for position, request, piece in misses:
+                result = chunks[request.key]
+                if not isinstance(result, bytes):
+                    self.stats.errors += 1
+                    raise result
+                out[position] = result[piece.start : piece.start + piece.length]
+        return [part if part is not None else b"" for part in out]
+
+    def _read_cached(self, wanted: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
+        return [self.cache.get(request.key, piece.start, piece.length) for _, request, piece in wanted]
+
+    async def _fetch(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
+        """Whole chunks for `requests`: claim the ones nobody fetches, wait for the others."""
+        claimed: dict[ChunkKey, _Flight] = {}
+        joined: dict[ChunkKey, _Flight] = {}
+        to_fetch: list[ChunkRequest] = []
+        for request in requests:
+            key = request.key
+            if key in claimed or key in joined:
+                continue
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = claimed[key] = self._flights[key] = _Flight()
+                to_fetch.append(request)
+            else:
+                joined[key] = flight
+        results: dict[ChunkKey, ChunkResult] = {}
+        if to_fetch:
+            try:
+                results = await trio.to_thread.run_sync(
+                    self._load, to_fetch, limiter=self.fetch_limiter, abandon_on_cancel=True
+                )
+            finally:
+                for key, flight in claimed.items():
+                    result = results.get(key)
+                    flight.result = BackendError("fetch cancelled") if result is None else result
+                    flight.done.set()
+                    del self._flights[key]
+            self.stats.fetched += len(to_fetch)
+        for key, flight in joined.items():
+            self.stats.shared_waits += 1
+            await flight.done.wait()
+            assert flight.result is not None
+            results[key] = flight.result
+        return results
+
+    def _load(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
+        """In a worker thread: chunks another flight cached meanwhile, then fetch the rest."""
+        results: dict[ChunkKey, ChunkResult] = {}
+        missing: list[ChunkRequest] = []
+        for request in requests:
+            data = self.cache.get(request.key, 0, request.record.uncompressed_size)
+            if data is None:
+                missing.append(request)
+            else:
+                results[request.key] = data
+        if missing:
+            results.update(
+                fetch_chunks(
+                    self.backend,
+                    self.cache,
+                    missing,
+                    digester=self.bootstrap.digester,
+                    validate=self.validate,
+                    merging_size=self.merging_size,
+                )
+            )
+        return results

@@ -1,0 +1,184 @@
+"""nydusd's JSON configuration, read into frozen dataclasses.
+
+The layout follows nydusd's (`device.backend`, `device.cache`, `mode`, `digest_validate`,
+`fs_prefetch`, ...). Reading is strict: a key this daemon does not know, a value of the wrong
+type or a missing required key is a `ConfigError` naming the key by its dotted path, because a
+silently ignored typo in a deployment file costs more than a refused start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from rafs.errors import ConfigError
+
+BACKEND_TYPES = ("localfs",)
+LATER_BACKEND_TYPES = ("http", "registry")
+CACHE_TYPES = ("blobcache", "")
+MODES = ("direct", "cached")
+
+
+@dataclass(frozen=True)
+class LocalFsConfig:
+    """`{"type": "localfs", "config": {"dir": ...}}`: blobs are files named by id in `dir`."""
+
+    dir: str
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str
+    localfs: LocalFsConfig
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """`type` "blobcache" keeps verified chunks in `work_dir`; "" keeps a small memory cache."""
+
+    type: str = ""
+    work_dir: str = ""
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    enable: bool = False
+    threads_count: int = 4
+    merging_size: int = 1 << 20
+    bandwidth_rate: int = 0
+    prefetch_all: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    backend: BackendConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    mode: str = "direct"
+    digest_validate: bool = True
+    iostats_files: bool = False
+    enable_xattr: bool = True
+    amplify_io: int = 1 << 20
+    fs_prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+
+
+JsonObject = dict[str, object]
+
+
+def _object(value: object, where: str) -> JsonObject:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {where or '(top level)'}: expected an object")
+    return value
+
+
+def _only(obj: JsonObject, where: str, allowed: tuple[str, ...]) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise ConfigError(f"config key {where}{key}: unknown key")
+
+
+def _bool(obj: JsonObject, key: str, where: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key {where}{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _int(obj: JsonObject, key: str, where: str, default: int, minimum: int) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config key {where}{key}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"config key {where}{key}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _str(obj: JsonObject, key: str, where: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
+    if key not in obj and default is None:
+        raise ConfigError(f"config key {where}{key}: missing")
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {where}{key}: expected a string, got {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"config key {where}{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _backend(obj: JsonObject) -> BackendConfig:
+    where = "device.backend."
+    _only(obj, where, ("type", "config"))
+    backend_type = _str(obj, "type", where, None)
+    if backend_type in LATER_BACKEND_TYPES:
+        raise ConfigError(f"config key {where}type: backend {backend_type!r} is not available yet")
+    if backend_type not in BACKEND_TYPES:
+        raise ConfigError(f"config key {where}type: unknown backend {backend_type!r}")
+    options = _object(obj.get("config", {}), where + "config")
+    _only(options, where + "config.", ("dir",))
+    return BackendConfig(backend_type, LocalFsConfig(_str(options, "dir", where + "config.", None)))
+
+
+def _cache(obj: JsonObject) -> CacheConfig:
+    where = "device.cache."
+    _only(obj, where, ("type", "compressed", "config"))
+    cache_type = _str(obj, "type", where, "", CACHE_TYPES)
+    if _bool(obj, "compressed", where, False):
+        raise ConfigError(f"config key {where}compressed: only uncompressed caches are supported")
+    options = _object(obj.get("config", {}), where + "config")
+    _only(options, where + "config.", ("work_dir", "disable_indexed_map"))
+    _bool(options, "disable_indexed_map", where + "config.", False)
+    work_dir = _str(options, "work_dir", where + "config.", "")
+    if cache_type == "blobcache" and not work_dir:
+        raise ConfigError(f"config key {where}config.work_dir: missing (needed by blobcache)")
+    return CacheConfig(cache_type, work_dir)
+
+
+def _prefetch(obj: JsonObject) -> PrefetchConfig:
+    where = "fs_prefetch."
+    _only(obj, where, ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
+    return PrefetchConfig(
+        enable=_bool(obj, "enable", where, False),
+        threads_count=_int(obj, "threads_count", where, 4, 1),
+        merging_size=_int(obj, "merging_size", where, 1 << 20, 1),
+        bandwidth_rate=_int(obj, "bandwidth_rate", where, 0, 0),
+        prefetch_all=_bool(obj, "prefetch_all", where, False),
+    )
+
+
+def parse_config(data: object) -> DaemonConfig:
+    """A `DaemonConfig` from decoded JSON; `ConfigError` naming the first bad key."""
+    top = _object(data, "")
+    _only(
+        top,
+        "",
+        ("device", "mode", "digest_validate", "iostats_files", "enable_xattr", "amplify_io", "fs_prefetch"),
+    )
+    device = _object(top.get("device"), "device") if "device" in top else {}
+    _only(device, "device.", ("backend", "cache"))
+    if "backend" not in device:
+        raise ConfigError("config key device.backend: missing")
+    return DaemonConfig(
+        backend=_backend(_object(device["backend"], "device.backend")),
+        cache=_cache(_object(device.get("cache", {}), "device.cache")),
+        mode=_str(top, "mode", "", "direct", MODES),
+        digest_validate=_bool(top, "digest_validate", "", True),
+        iostats_files=_bool(top, "iostats_files", "", False),
+        enable_xattr=_bool(top, "enable_xattr", "", True),
+        amplify_io=_int(top, "amplify_io", "", 1 << 20, 0),
+        fs_prefetch=_prefetch(_object(top.get("fs_prefetch", {}), "fs_prefetch")),
+    )
+
+
+def load_config(path: str) -> DaemonConfig:
+    """Read and check a config file."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path}: not JSON: {error}") from None
+    return parse_config(data)
+
+
+def default_config(blob_dir: str) -> DaemonConfig:
+    """The configuration used without `--config`: blobs beside the bootstrap, memory cache."""
+    return DaemonConfig(backend=BackendConfig("localfs", LocalFsConfig(blob_dir)))

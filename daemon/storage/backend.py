@@ -1,0 +1,61 @@
+"""The backend interface: "bytes a..b of blob X", nothing about files, FUSE or the event loop.
+
+Every backend (localfs now; http and registry later) implements `BlobBackend` and raises only
+`BackendError` subclasses, so the read path maps every failure to one errno without knowing
+which backend is behind it. Backends are synchronous and thread-safe: the daemon calls them
+from worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rafs.errors import NydusError
+
+
+class BackendError(NydusError):
+    """A backend could not deliver the bytes asked for."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, blob_id: str = "") -> None:
+        super().__init__(f"blob {blob_id[:16]}: {message}" if blob_id else message)
+        self.blob_id = blob_id
+
+
+class BlobNotFound(BackendError):
+    """The backend has no blob of that id."""
+
+
+class RangeNotSatisfied(BackendError):
+    """The blob is shorter than the range asked for (truncated or wrong blob)."""
+
+
+class AuthError(BackendError):
+    """The backend refused our credentials."""
+
+
+class TransientError(BackendError):
+    """A failure that may pass if retried (timeout, reset connection, 5xx)."""
+
+
+class BlobBackend(Protocol):
+    """Where blobs live. Implementations must be safe to call from several threads at once."""
+
+    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes of blob `blob_id` from `offset`, or a `BackendError`."""
+        ...
+
+    def blob_size(self, blob_id: str) -> int:
+        """The blob's size in bytes, or `BlobNotFound`."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections; later calls may fail."""
+        ...
+
+
+def check_blob_id(blob_id: str) -> None:
+    """Refuse ids that are not a sha256 hex digest, so no id can name a path outside a store."""
+    if len(blob_id) != 64 or any(c not in "0123456789abcdef" for c in blob_id):
+        raise BlobNotFound(f"invalid blob id {blob_id!r}")

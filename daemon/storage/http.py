@@ -1,0 +1,292 @@
+"""HTTP plumbing shared by the `http` and `registry` backends, and the `http` backend itself.
+
+`HttpTransport` owns one pooled `requests.Session`, the timeouts and the one retry policy:
+connection errors, truncated bodies, 429 and 5xx are retried with exponential backoff; any other
+status goes back to the caller at once, because a 4xx will not change by asking again (and
+retrying a refused login only locks accounts). `HttpBackend` serves blobs from a plain URL
+prefix (`{url}/{blob_id}`) with `Range` requests: it knows bytes, never files.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+import requests
+import requests.adapters
+
+from daemon.storage.backend import BackendError, BlobNotFound, RangeNotSatisfied, TransientError, check_blob_id
+from rafs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Body = bytes | Callable[[], IO[bytes]] | None
+
+
+class RemoteError(BackendError):
+    """A server answered in a way we cannot use; carries the URL and the HTTP status (0 if none)."""
+
+    def __init__(self, message: str, *, url: str = "", status: int = 0, blob_id: str = "") -> None:
+        super().__init__(f"{message} ({url})" if url else message, blob_id=blob_id)
+        self.url = url
+        self.status = status
+
+
+class RemoteUnavailable(RemoteError, TransientError):
+    """Every attempt failed with a connection error, a truncated body, 429 or 5xx."""
+
+
+class TruncatedBody(Exception):
+    """Raised by a success handler when a body is shorter than promised: the attempt is retried."""
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Timeouts and retries: nydusd's `timeout`, `connect_timeout`, `retry_limit`, `skip_verify`."""
+
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    retry_limit: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    skip_verify: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    pool_size: int = 16
+
+
+class HttpTransport:
+    """One pooled session and the retry loop. Thread-safe: the daemon calls it from worker threads."""
+
+    def __init__(self, options: HttpOptions | None = None) -> None:
+        self.options = options or HttpOptions()
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.options.pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.verify = not self.options.skip_verify
+        self.session.headers.update({"User-Agent": "nydus-py", **self.options.headers})
+        self.session.trust_env = False  # a proxy from the environment must not redirect loopback traffic
+        self._closed = threading.Event()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        stream: bool = False,
+        retry: bool = True,
+        on_success: Callable[[requests.Response], None] | None = None,
+    ) -> requests.Response:
+        """Send until a non-retryable answer; `on_success` runs inside the loop for 2xx answers.
+
+        `on_success` may raise `TruncatedBody` (or let a broken stream's exception escape) to have
+        the attempt retried: that is how a body cut short mid-way is fetched again.
+        """
+        attempts = self.options.retry_limit + 1 if retry else 1
+        problem = ""
+        retry_after_s = 0.0
+        for attempt in range(attempts):
+            if attempt:
+                self.backoff(attempt, problem, retry_after_s)
+            data = body() if callable(body) else body
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=dict(headers or {}),
+                    data=data,
+                    stream=stream or on_success is not None,
+                    timeout=(self.options.connect_timeout_s, self.options.timeout_s),
+                    allow_redirects=True,
+                )
+                if response.status_code in RETRY_STATUSES:
+                    problem = f"HTTP {response.status_code}"
+                    retry_after_s = _retry_after_s(response)
+                    response.close()
+                    continue
+                if on_success is not None and 200 <= response.status_code < 300:
+                    try:
+                        on_success(response)
+                    finally:
+                        response.close()
+                return response
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                TruncatedBody,
+            ) as error:
+                problem = _describe(error)
+            finally:
+                if data is not None and not isinstance(data, bytes):
+                    data.close()
+        raise RemoteUnavailable(f"{method} failed after {attempts} attempt(s): {problem}", url=url)
+
+    def backoff(self, attempt: int, problem: str, retry_after_s: float = 0.0) -> None:
+        """Wait before attempt number `attempt` (1-based), longer each time, as `Retry-After` asks."""
+        delay = min(self.options.backoff_s * 2 ** (attempt - 1), self.options.max_backoff_s)
+        delay = max(delay * random.uniform(0.75, 1.0), min(retry_after_s, self.options.max_backoff_s))
+        log.info("retrying in %.2fs after %s", delay, problem)
+        if self._closed.wait(delay):
+            raise RemoteUnavailable("transport closed while waiting to retry")
+
+    def close(self) -> None:
+        self._closed.set()
+        self.session.close()
+
+
+def _retry_after_s(response: requests.Response) -> float:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
+def _describe(error: Exception) -> str:
+    """One short line for a requests exception (whose text nests urllib3's repr several deep)."""
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, TruncatedBody):
+        return f"truncated body: {error}"
+    text = (
+        str(error.__context__ or error) if isinstance(error, requests.exceptions.ChunkedEncodingError) else str(error)
+    )
+    for marker in (
+        "Connection refused",
+        "Connection reset",
+        "Connection aborted",
+        "IncompleteRead",
+        "RemoteDisconnected",
+    ):
+        if marker in text:
+            return marker.lower()
+    return type(error).__name__
+
+
+def _range_end(response: requests.Response) -> tuple[int, int] | None:
+    """(last byte, total size) from `Content-Range: bytes a-b/total`, if the server said so."""
+    value = response.headers.get("Content-Range", "")
+    _unit, _, rest = value.partition(" ")
+    span, _, total = rest.partition("/")
+    try:
+        return int(span.partition("-")[2]), int(total)
+    except ValueError:
+        return None
+
+
+def range_header(offset: int, length: int) -> dict[str, str]:
+    return {"Range": f"bytes={offset}-{offset + length - 1}"}
+
+
+def slice_range(response: requests.Response, offset: int, length: int) -> bytes:
+    """Bytes `offset..offset+length` from a 206 (already cut) or a 200 (the whole blob).
+
+    Shorter than `length` only when the blob itself ends sooner; a body cut short in transit
+    raises `TruncatedBody` so the transport fetches it again.
+    """
+    data = response.content
+    declared = response.headers.get("Content-Length")
+    if declared is not None and len(data) < int(declared):
+        raise TruncatedBody(f"got {len(data)} of {declared} bytes")
+    if response.status_code != 206:
+        return data[offset : offset + length]
+    end = _range_end(response)
+    blob_ends_here = end is not None and end[0] + 1 == end[1] and len(data) == end[0] + 1 - offset
+    if len(data) < length and not blob_ends_here:
+        raise TruncatedBody(f"got {len(data)} of {length} bytes")
+    return data[:length]
+
+
+class HttpBackend:
+    """Blobs at `{url}/{blob_id}` on any HTTP server that honours `Range` (or sends the whole)."""
+
+    def __init__(self, url: str, options: HttpOptions | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.transport = HttpTransport(options)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> HttpBackend:
+        """From nydusd-style `device.backend.config` for type `http`; unknown keys are errors."""
+        options = http_options_from_config(config, "device.backend.config.", allowed=("url",))
+        url = config.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError("config key device.backend.config.url: an http:// or https:// URL is required")
+        return cls(url, options)
+
+    def _blob_url(self, blob_id: str) -> str:
+        check_blob_id(blob_id)
+        return f"{self.url}/{blob_id}"
+
+    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        url = self._blob_url(blob_id)
+        result: list[bytes] = []
+
+        def take(response: requests.Response) -> None:
+            result.append(slice_range(response, offset, length))
+
+        response = self.transport.request("GET", url, headers=range_header(offset, length), on_success=take)
+        if result:
+            if len(result[0]) < length:
+                raise RangeNotSatisfied(f"range {offset}+{length} is past the end", blob_id=blob_id)
+            return result[0]
+        raise _status_error(response, blob_id)
+
+    def blob_size(self, blob_id: str) -> int:
+        url = self._blob_url(blob_id)
+        response = self.transport.request("HEAD", url)
+        if response.status_code == 200 and "Content-Length" in response.headers:
+            return int(response.headers["Content-Length"])
+        raise _status_error(response, blob_id)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _status_error(response: requests.Response, blob_id: str) -> BackendError:
+    status = response.status_code
+    if status == 404:
+        return BlobNotFound(f"not found at {response.url}", blob_id=blob_id)
+    if status == 416:
+        return RangeNotSatisfied(f"range not satisfiable at {response.url}", blob_id=blob_id)
+    return RemoteError(f"HTTP {status} {response.reason}", url=response.url, status=status, blob_id=blob_id)
+
+
+_OPTION_KEYS = ("timeout", "connect_timeout", "retry_limit", "skip_verify", "headers")
+
+
+def http_options_from_config(config: Mapping[str, object], where: str, allowed: tuple[str, ...]) -> HttpOptions:
+    """`HttpOptions` from nydusd's keys (seconds as numbers); names the first unknown key."""
+    for key in config:
+        if key not in _OPTION_KEYS and key not in allowed:
+            raise ConfigError(f"config key {where}{key}: unknown")
+    defaults = HttpOptions()
+
+    def number(key: str, default: float) -> float:
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"config key {where}{key}: a non-negative number is required")
+        return float(value)
+
+    skip_verify = config.get("skip_verify", False)
+    if not isinstance(skip_verify, bool):
+        raise ConfigError(f"config key {where}skip_verify: true or false is required")
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"config key {where}headers: an object of strings is required")
+    return HttpOptions(
+        timeout_s=number("timeout", defaults.timeout_s),
+        connect_timeout_s=number("connect_timeout", defaults.connect_timeout_s),
+        retry_limit=int(number("retry_limit", defaults.retry_limit)),
+        skip_verify=skip_verify,
+        headers=headers,
+    )
