@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine (run as root):
+# system packages from Debian, then the project and its Python packages into ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  python3 python3-venv python3-dev gcc pkg-config   # a Python to build the venv and compile pyfuse3/cffi
+  fuse3 libfuse3-dev                                # FUSE mounts (nydusd)
+  libzstd-dev zstd                                  # the native hot path links libzstd
+  squashfs-tools squashfuse                         # baselines in benchmarks/
+  runc                                              # containers on the mount
+  docker-registry apache2-utils                     # the real registry (and htpasswd) the tests start
+  busybox-static                                    # the built-in example image
+  attr                                              # setfattr/getfattr for xattr checks
+)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# docker-registry's Debian package starts a service on :5000; the tests start their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
