@@ -223,8 +223,10 @@ def _registry_message(response: requests.Response) -> str:
         errors = response.json().get("errors") or []
         first = errors[0]
         return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
         return response.reason or ""
+    finally:
+        response.close()
 
 
 class RegistryClient:

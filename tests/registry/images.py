@@ -1,0 +1,133 @@
+"""Small, deterministic OCI images built with `tarfile`, and a pusher written with our client."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+from dataclasses import dataclass
+
+from daemon.storage.registry import RegistryClient, sha256_digest
+from rafs import oci
+from rafs.oci import ImageReference
+
+# path -> bytes (file), None (directory), ("symlink", target), ("hardlink", target)
+LayerSpec = dict[str, object]
+
+
+def make_layer(spec: LayerSpec) -> tuple[bytes, str]:
+    """A gzip layer and its diff_id; the same spec always gives the same bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(spec):
+            value = spec[path]
+            info = tarfile.TarInfo(path)
+            info.mtime = 1_700_000_000
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if value is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif isinstance(value, tuple):
+                kind, target = value
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname, info.mode = str(target), 0o777 if kind == "symlink" else 0o644
+                tar.addfile(info)
+            else:
+                assert isinstance(value, bytes)
+                info.size, info.mode = len(value), 0o755 if path.startswith("bin/") else 0o644
+                tar.addfile(info, io.BytesIO(value))
+    uncompressed = raw.getvalue()
+    return gzip.compress(uncompressed, mtime=0), sha256_digest(uncompressed)
+
+
+@dataclass(frozen=True)
+class OciImage:
+    layers: tuple[bytes, ...]
+    config: bytes
+    manifest: bytes
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest)
+
+
+def make_image(specs: list[LayerSpec]) -> OciImage:
+    layers, diff_ids = zip(*(make_layer(spec) for spec in specs), strict=True)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/tool"], "Labels": {"test": "yes"}},
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256_digest(config_bytes), "size": len(config_bytes)},
+        "layers": [
+            {"mediaType": oci.OCI_LAYER_GZIP, "digest": sha256_digest(layer), "size": len(layer)} for layer in layers
+        ],
+    }
+    return OciImage(tuple(layers), config_bytes, json.dumps(manifest, sort_keys=True).encode())
+
+
+def sample_image(seed: int = 1) -> OciImage:
+    """Two layers: files of several chunk sizes, a symlink, a hard link, a whiteout, an overwrite."""
+    rng = random.Random(seed)
+    big = rng.randbytes(300_000)
+    lower: LayerSpec = {
+        "bin": None,
+        "bin/tool": big,
+        "bin/tool-link": ("hardlink", "bin/tool"),
+        "etc": None,
+        "etc/hostname": b"lower\n",
+        "etc/gone": b"to be removed\n",
+        "etc/zeros": bytes(200_000),
+        "lib": None,
+        "lib/libc.so": ("symlink", "libc.so.6"),
+        "lib/libc.so.6": rng.randbytes(70_000),
+    }
+    upper: LayerSpec = {
+        "etc": None,
+        "etc/hostname": b"upper\n",
+        "etc/.wh.gone": b"",
+        "srv": None,
+        "srv/data.txt": b"hello world\n" * 5000,
+    }
+    return make_image([lower, upper])
+
+
+def push_image(client: RegistryClient, ref: ImageReference, image: OciImage) -> str:
+    for blob in (*image.layers, image.config):
+        client.push_blob(ref, sha256_digest(blob), blob)
+    return client.push_manifest(ref, image.manifest, oci.OCI_MANIFEST)
+
+
+def write_oci_layout(directory: str, image: OciImage, tag: str = "latest") -> None:
+    """`directory` as an OCI image layout holding `image` under `tag`."""
+    blobs = os.path.join(directory, "blobs", "sha256")
+    os.makedirs(blobs, exist_ok=True)
+    for blob in (*image.layers, image.config, image.manifest):
+        with open(os.path.join(blobs, hashlib.sha256(blob).hexdigest()), "wb") as file:
+            file.write(blob)
+    with open(os.path.join(directory, "oci-layout"), "w") as file:
+        json.dump({"imageLayoutVersion": "1.0.0"}, file)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": oci.OCI_MANIFEST,
+                "digest": image.digest,
+                "size": len(image.manifest),
+                "annotations": {oci.ANNOTATION_REF_NAME: tag},
+            }
+        ],
+    }
+    with open(os.path.join(directory, "index.json"), "w") as file:
+        json.dump(index, file)

@@ -1,0 +1,279 @@
+"""Pytest fixtures for a real registry on loopback: Debian's `docker-registry` (distribution v2.8).
+
+Three flavours: anonymous (`registry`), htpasswd Basic auth (`basic_registry`) and token auth
+(`token_registry`) with a small token server of our own that signs RS256 JWTs with a key made for
+the test. Every fixture stops what it starts; nothing listens anywhere but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+USERNAME = "alice"
+PASSWORD = "wonderland"
+SERVICE = "test-registry"
+ISSUER = "test-token-issuer"
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the registry binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningRegistry:
+    """A registry process on `host` (`127.0.0.1:port`), with its storage under `root`."""
+
+    host: str
+    root: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    username: str = ""
+    password: str = ""
+    token_server: TokenServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _write_config(root: Path, port: int, auth: dict[str, object] | None) -> Path:
+    """The registry's YAML config. JSON is valid YAML, so it is written with `json`."""
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(root / "storage")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "test-secret"},
+    }
+    if auth:
+        config["auth"] = auth
+    path = root / "config.yml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start_registry(root: Path, auth: dict[str, object] | None = None) -> RunningRegistry:
+    """Start `docker-registry` on a free loopback port and wait until `/v2/` answers."""
+    if not shutil.which(REGISTRY_BINARY):
+        pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
+    root.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for _ in range(3):  # a port taken between probing and binding: try another
+        port = free_port()
+        config = _write_config(root, port, auth)
+        log_path = root / f"registry-{port}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [REGISTRY_BINARY, "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+            )
+        running = RunningRegistry(f"127.0.0.1:{port}", root, process, log_path)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                answer = requests.get(f"{running.url}/v2/", timeout=1)
+                if answer.status_code in (200, 401):
+                    return running
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        last_error = running.log()
+        running.stop()
+    raise RuntimeError(f"docker-registry did not start:\n{last_error}")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RunningRegistry]:
+    """An anonymous registry: anyone may pull and push."""
+    running = start_registry(tmp_path / "registry")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def basic_registry(tmp_path: Path) -> Iterator[RunningRegistry]:
+    """A registry behind htpasswd (bcrypt) Basic auth for `USERNAME`/`PASSWORD`."""
+    if not shutil.which("htpasswd"):
+        pytest.skip("htpasswd is not installed (apt-get install apache2-utils)")
+    root = tmp_path / "registry"
+    root.mkdir()
+    entry = subprocess.run(["htpasswd", "-Bbn", USERNAME, PASSWORD], check=True, capture_output=True, text=True)
+    htpasswd = root / "htpasswd"
+    htpasswd.write_text(entry.stdout.strip() + "\n")
+    running = start_registry(root, {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}})
+    running.username, running.password = USERNAME, PASSWORD
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# ---- token auth
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class TokenServer:
+    """Issues registry tokens (RS256 JWT with the signing certificate in `x5c`).
+
+    `USERNAME` with `PASSWORD` gets every action asked for; anonymous callers get a token that
+    grants nothing (as public token servers do); a wrong password gets 401. `requests` counts
+    token requests so tests can see the cache at work; `lifetime_s` is each token's lifetime.
+    """
+
+    root: Path
+    lifetime_s: int = 300
+    requests: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+        self.bundle_path = self.root / "token-ca.pem"
+        self.bundle_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def sign(self, subject: str, access: list[dict[str, object]]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.certificate_der).decode()]}
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + self.lifetime_s,
+            "nbf": now - 5,
+            "iat": now,
+            "jti": f"{subject}-{now}-{len(self.requests)}",
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = {key: values[0] for key, values in parse_qs(urlsplit(self.path).query).items()}
+                server.requests.append(query)
+                subject = "anonymous"
+                authorization = self.headers.get("Authorization", "")
+                if authorization.startswith("Basic "):
+                    user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+                    if (user, password) != (USERNAME, PASSWORD):
+                        self._answer(401, {"details": "wrong credentials"})
+                        return
+                    subject = user
+                access: list[dict[str, object]] = []
+                scope = query.get("scope", "")
+                if subject != "anonymous" and scope.startswith("repository:"):
+                    _, name, actions = scope.split(":", 2)
+                    access.append({"type": "repository", "name": name, "actions": actions.split(",")})
+                token = server.sign(subject, access)
+                self._answer(200, {"token": token, "access_token": token, "expires_in": server.lifetime_s})
+
+            def _answer(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[RunningRegistry]:
+    """A registry that accepts only tokens from our `TokenServer` (`running.token_server`)."""
+    pytest.importorskip("cryptography")
+    root = tmp_path / "registry"
+    root.mkdir()
+    tokens = TokenServer(root)
+    try:
+        auth: dict[str, object] = {
+            "token": {
+                "realm": tokens.realm,
+                "service": SERVICE,
+                "issuer": ISSUER,
+                "rootcertbundle": str(tokens.bundle_path),
+            }
+        }
+        running = start_registry(root, auth)
+        running.username, running.password, running.token_server = USERNAME, PASSWORD, tokens
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        tokens.stop()
