@@ -9,6 +9,7 @@ garbage.
 from __future__ import annotations
 
 import bisect
+import mmap
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from rafs import layout
 from rafs.errors import CorruptBootstrap, UnknownFeature, UnsupportedVersion
 from rafs.records import BlobRecord, ChunkRecord, ChunkSlice, DirEntry, Inode
+
+# What a bootstrap can be read from: bytes in memory, or (usually) a read-only mmap of the file.
+BootstrapBuffer = bytes | memoryview | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Superblock:
     root_digest: bytes
 
 
-def parse_superblock(buffer: bytes | memoryview) -> Superblock:
+def parse_superblock(buffer: BootstrapBuffer) -> Superblock:
     """Decode and validate the superblock against the buffer's length."""
     if len(buffer) < layout.SUPERBLOCK_SIZE:
         raise CorruptBootstrap(f"bootstrap is {len(buffer)} bytes, shorter than its superblock")
@@ -82,7 +86,7 @@ def parse_superblock(buffer: bytes | memoryview) -> Superblock:
 class Bootstrap:
     """Lookups over one bootstrap. Holds no per-file state; safe to share between threads."""
 
-    def __init__(self, buffer: bytes | memoryview) -> None:
+    def __init__(self, buffer: BootstrapBuffer) -> None:
         self.buffer = buffer
         self.superblock = parse_superblock(buffer)
         sb = self.superblock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import stat
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class ChunkRecord:
         )
 
     @classmethod
-    def unpack_from(cls, buffer: bytes | memoryview, offset: int) -> ChunkRecord:
+    def unpack_from(cls, buffer: bytes | memoryview | mmap.mmap, offset: int) -> ChunkRecord:
         return cls(*layout.CHUNK.unpack_from(buffer, offset))
 
 
