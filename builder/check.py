@@ -309,11 +309,11 @@ def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> Non
 
 def _apply_metadata(bootstrap: Bootstrap, ino: int, full: bytes) -> None:
     inode = bootstrap.inode(ino)
-    for name, value in bootstrap.xattrs(ino).items():
-        os.setxattr(full, name, value, follow_symlinks=False)
     os.lchown(full, inode.uid, inode.gid)
     if not inode.is_symlink:
         os.chmod(full, stat.S_IMODE(inode.mode))  # after chown, which clears setuid/setgid
+    for name, value in bootstrap.xattrs(ino).items():  # after chown, which drops security.capability
+        os.setxattr(full, name, value, follow_symlinks=False)
     os.utime(full, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=False)
 
 
