@@ -81,10 +81,9 @@ async def _serve_connection(client: trio.SocketStream, upstream: tuple[str, int]
     except OSError:
         await client.aclose()
         return
-    async with client, server:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, client, server, up)
-            nursery.start_soon(_pump, server, client, down)
+    async with client, server, trio.open_nursery() as nursery:
+        nursery.start_soon(_pump, client, server, up)
+        nursery.start_soon(_pump, server, client, down)
 
 
 async def run(listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float, rate_mbit: float) -> None:
