@@ -1,10 +1,463 @@
-"""`nydusify`: convert OCI images from a registry (arrives with the registry issue)."""
+"""`nydusify convert|check`: turn an OCI image into this project's lazy-loading image, and verify one.
+
+`convert` pulls the source (a registry reference or `oci:DIR[:tag]`), builds it with
+`builder.build.build`, and pushes a Nydus-style artifact: one layer per blob
+(`application/vnd.oci.image.layer.nydus.blob.v1`), then a tar.gz layer holding
+`image/image.boot`, then a manifest whose config is the source's with `rootfs.diff_ids` made to
+match. Every byte pushed is a function of the source and the options, so converting twice gives
+the same manifest digest. `check` pulls a converted image back, verifies its bootstrap and every
+blob, and compares its tree inode by inode with the source's layers built afresh.
+"""
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
 import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from builder.build import BuildOptions, build
+from builder.check import check as check_bootstrap
+from builder.cli import _chunk_size, _read_prefetch_list
+from daemon.storage.http import HttpOptions
+from daemon.storage.registry import RegistryClient, RegistryOptions, host_platforms, sha256_digest
+from rafs import layout, oci
+from rafs.bootstrap import Bootstrap
+from rafs.errors import NydusError
+from rafs.mapped import open_bootstrap
+from rafs.oci import ImageReference, Platform
+
+LAYOUT_PREFIX = "oci:"
+TAR_MTIME = 0  # the bootstrap layer's tar and gzip carry no clock, for reproducible digests
 
 
-def main() -> int:
-    print("nydusify: not yet available (registry support is a later issue)", file=sys.stderr)
-    return 2
+class ConvertError(NydusError):
+    """The source cannot be converted or the target does not check out."""
+
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A pulled source image: its config and its layer files (lowest first) in the work dir."""
+
+    source_type: str  # "targz" (downloaded layer files) or "oci" (a layout reference)
+    sources: tuple[str, ...]
+    config: dict[str, object]
+
+
+class Progress:
+    """Byte counts on one stderr line while transferring; silent unless stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.label = ""
+        self.done = 0
+        self.last = 0.0
+
+    def start(self, label: str) -> Callable[[int], None]:
+        self.label, self.done = label, 0
+        return self.advance
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and now - self.last > 0.2:
+            self.last = now
+            sys.stderr.write(f"\r\x1b[K{self.label}: {self.done / 2**20:.1f} MiB")
+            sys.stderr.flush()
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K{message}\n")
+            sys.stderr.flush()
+
+
+# ---- pulling
+
+
+def _layout_parts(reference: str) -> tuple[str, str]:
+    directory, _, tag = reference[len(LAYOUT_PREFIX) :].partition(":")
+    return directory, tag
+
+
+def _layout_json(directory: str, digest: str) -> dict[str, object]:
+    algorithm, _, hexdigest = digest.partition(":")
+    path = os.path.join(directory, "blobs", algorithm, hexdigest)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ConvertError(f"OCI layout {directory}: blob {digest}: {error.strerror}") from None
+    if sha256_digest(data) != digest:
+        raise ConvertError(f"OCI layout {directory}: blob {digest} does not match its digest")
+    document = json.loads(data)
+    if not isinstance(document, dict):
+        raise ConvertError(f"OCI layout {directory}: blob {digest} is not a JSON object")
+    return document
+
+
+def pull_layout(reference: str, platforms: Sequence[Platform]) -> SourceImage:
+    """An `oci:DIR[:tag]` source: the builder reads the layers; we only need the config."""
+    directory, tag = _layout_parts(reference)
+    try:
+        with open(os.path.join(directory, "index.json"), "rb") as file:
+            index = json.load(file)
+        chosen = None
+        for descriptor in index["manifests"]:
+            if (tag and descriptor.get("annotations", {}).get(oci.ANNOTATION_REF_NAME) == tag) or (
+                not tag and chosen is None
+            ):
+                chosen = descriptor
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConvertError(f"OCI layout {directory}: unreadable index.json: {error}") from None
+    if chosen is None:
+        raise ConvertError(f"OCI layout {directory}: no image tagged {tag!r}")
+    manifest = _layout_json(directory, str(chosen["digest"]))
+    if "manifests" in manifest:
+        manifest = _layout_json(directory, str(oci.select_manifest(manifest, platforms)["digest"]))
+    _refuse_nydus(manifest, reference)
+    config = _layout_json(directory, str(_descriptor(manifest.get("config"))["digest"]))
+    return SourceImage("oci", (reference[len(LAYOUT_PREFIX) :],), config)
+
+
+def pull_registry(client: RegistryClient, ref: ImageReference, work_dir: str, progress: Progress) -> SourceImage:
+    """Download the source's layers into `work_dir/layers` (verified) and read its config."""
+    manifest = client.get_image_manifest(ref)
+    _refuse_nydus(manifest.document, str(ref))
+    config_digest = str(_descriptor(manifest.document.get("config"))["digest"])
+    config = json.loads(client.read_blob(ref, config_digest))
+    if not isinstance(config, dict):
+        raise ConvertError(f"{ref}: image config is not a JSON object")
+    layer_dir = os.path.join(work_dir, "layers")
+    os.makedirs(layer_dir, exist_ok=True)
+    paths = []
+    for layer in _layers(manifest.document):
+        digest = str(layer["digest"])
+        path = os.path.join(layer_dir, digest.partition(":")[2])
+        client.download_blob(ref, digest, path, progress.start(f"pull {digest[7:19]}"))
+        paths.append(path)
+    progress.note(f"pulled {len(paths)} layers of {ref}")
+    return SourceImage("targz", tuple(paths), config)
+
+
+def pull_source(
+    client: RegistryClient, reference: str, work_dir: str, platforms: Sequence[Platform], progress: Progress
+) -> SourceImage:
+    if reference.startswith(LAYOUT_PREFIX):
+        return pull_layout(reference, platforms)
+    return pull_registry(client, ImageReference.parse(reference), work_dir, progress)
+
+
+def _descriptor(value: object) -> dict[str, object]:
+    if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
+        raise ConvertError(f"malformed descriptor in manifest: {value!r}")
+    return value
+
+
+def _layers(manifest: dict[str, object]) -> list[dict[str, object]]:
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise ConvertError("manifest has no layers list")
+    return [_descriptor(layer) for layer in layers]
+
+
+def _refuse_nydus(manifest: dict[str, object], reference: str) -> None:
+    for layer in _layers(manifest):
+        if layer.get("mediaType") == oci.NYDUS_BLOB:
+            raise ConvertError(f"{reference} is already a converted image (it has nydus blob layers)")
+
+
+# ---- building the artifact
+
+
+def bootstrap_layer(bootstrap_path: str) -> tuple[bytes, str]:
+    """The bootstrap as a tar.gz holding `image/image.boot`, and its diff_id; reproducible."""
+    with open(bootstrap_path, "rb") as file:
+        data = file.read()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(oci.BOOTSTRAP_PATH_IN_LAYER)
+        info.size, info.mode, info.mtime = len(data), 0o644, TAR_MTIME
+        tar.addfile(info, io.BytesIO(data))
+    uncompressed = raw.getvalue()
+    return gzip.compress(uncompressed, compresslevel=9, mtime=TAR_MTIME), sha256_digest(uncompressed)
+
+
+def target_config(source_config: dict[str, object], diff_ids: list[str]) -> bytes:
+    """The source config with `rootfs.diff_ids` for the new layers; its history no longer applies."""
+    config = {key: value for key, value in source_config.items() if key != "history"}
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def target_manifest(config: bytes, blobs: list[tuple[str, int]], bootstrap: bytes) -> bytes:
+    """The manifest: blob layers in the bootstrap's blob-table order, the bootstrap layer last."""
+    layers: list[dict[str, object]] = [
+        {
+            "mediaType": oci.NYDUS_BLOB,
+            "digest": f"sha256:{blob_id}",
+            "size": size,
+            "annotations": {oci.ANNOTATION_NYDUS_BLOB: "true"},
+        }
+        for blob_id, size in blobs
+    ]
+    layers.append(
+        {
+            "mediaType": oci.OCI_LAYER_GZIP,
+            "digest": sha256_digest(bootstrap),
+            "size": len(bootstrap),
+            "annotations": {oci.ANNOTATION_NYDUS_BOOTSTRAP: "true", oci.ANNOTATION_NYDUS_FS_VERSION: oci.FS_VERSION},
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": layers,
+    }
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    digest: str
+    blobs_pushed: int
+    blobs_skipped: int
+
+
+def convert(
+    client: RegistryClient,
+    source: str,
+    target: ImageReference,
+    work_dir: str,
+    options: BuildOptions,
+    platforms: Sequence[Platform],
+) -> ConvertResult:
+    """Pull, build, push; returns the target manifest's digest."""
+    progress = Progress()
+    image = pull_source(client, source, work_dir, platforms, progress)
+    bootstrap_path = os.path.join(work_dir, "image.boot")
+    blob_dir = os.path.join(work_dir, "blobs")
+    build(image.source_type, image.sources, bootstrap_path, blob_dir, options)
+    blob_ids = [blob.blob_id for blob in open_bootstrap(bootstrap_path).blobs]
+    blobs = [(blob_id, os.path.getsize(os.path.join(blob_dir, blob_id))) for blob_id in blob_ids]
+    bootstrap, bootstrap_diff_id = bootstrap_layer(bootstrap_path)
+    config = target_config(image.config, [*(f"sha256:{blob_id}" for blob_id in blob_ids), bootstrap_diff_id])
+    manifest = target_manifest(config, blobs, bootstrap)
+
+    pushed = skipped = 0
+    for blob_id, _ in blobs:
+        if client.push_blob(target, f"sha256:{blob_id}", os.path.join(blob_dir, blob_id)):
+            pushed += 1
+        else:
+            skipped += 1
+    for data in (bootstrap, config):
+        if client.push_blob(target, sha256_digest(data), data):
+            pushed += 1
+        else:
+            skipped += 1
+    digest = client.push_manifest(target, manifest, oci.OCI_MANIFEST)
+    progress.note(f"pushed {pushed} blobs, skipped {skipped} already present")
+    return ConvertResult(digest, pushed, skipped)
+
+
+# ---- checking
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    inodes: int
+    chunks_verified: int
+    blobs_verified: int
+    root_digest: str
+
+
+def pull_converted(client: RegistryClient, target: ImageReference, work_dir: str) -> str:
+    """Download a converted image's bootstrap and blobs into `work_dir`; returns the bootstrap path.
+
+    Refuses an artifact that does not follow the conventions: blob layers, then one bootstrap
+    layer annotated with our format's name, and a config whose diff_ids match.
+    """
+    os.makedirs(work_dir, exist_ok=True)
+    manifest = client.get_image_manifest(target)
+    layers = _layers(manifest.document)
+    if not layers:
+        raise ConvertError(f"{target}: manifest has no layers")
+    *blob_layers, boot_layer = layers
+    annotations = boot_layer.get("annotations")
+    if not isinstance(annotations, dict) or annotations.get(oci.ANNOTATION_NYDUS_BOOTSTRAP) != "true":
+        raise ConvertError(f"{target}: last layer is not annotated {oci.ANNOTATION_NYDUS_BOOTSTRAP}")
+    version = annotations.get(oci.ANNOTATION_NYDUS_FS_VERSION)
+    if version != oci.FS_VERSION:
+        raise ConvertError(f"{target}: bootstrap is of format {version!r}, this tool reads {oci.FS_VERSION!r}")
+    for layer in blob_layers:
+        layer_annotations = layer.get("annotations")
+        if layer.get("mediaType") != oci.NYDUS_BLOB or not isinstance(layer_annotations, dict):
+            raise ConvertError(f"{target}: layer {layer['digest']} is not a nydus blob")
+        if layer_annotations.get(oci.ANNOTATION_NYDUS_BLOB) != "true":
+            raise ConvertError(f"{target}: layer {layer['digest']} lacks {oci.ANNOTATION_NYDUS_BLOB}")
+
+    archive = client.read_blob(target, str(boot_layer["digest"]))
+    uncompressed = gzip.decompress(archive)
+    with tarfile.open(fileobj=io.BytesIO(uncompressed)) as tar:
+        try:
+            member = tar.extractfile(oci.BOOTSTRAP_PATH_IN_LAYER)
+        except KeyError:
+            member = None
+        if member is None:
+            raise ConvertError(f"{target}: bootstrap layer holds no {oci.BOOTSTRAP_PATH_IN_LAYER}")
+        bootstrap_data = member.read()
+    bootstrap_path = os.path.join(work_dir, "image.boot")
+    with open(bootstrap_path, "wb") as file:
+        file.write(bootstrap_data)
+
+    config = json.loads(client.read_blob(target, str(_descriptor(manifest.document.get("config"))["digest"])))
+    expected = [str(layer["digest"]) for layer in blob_layers] + [sha256_digest(uncompressed)]
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    if not isinstance(rootfs, dict) or rootfs.get("diff_ids") != expected:
+        raise ConvertError(f"{target}: config rootfs.diff_ids do not match the layers")
+
+    blob_dir = os.path.join(work_dir, "blobs")
+    os.makedirs(blob_dir, exist_ok=True)
+    bootstrap_blobs = [f"sha256:{blob.blob_id}" for blob in open_bootstrap(bootstrap_path).blobs]
+    if bootstrap_blobs != [str(layer["digest"]) for layer in blob_layers]:
+        raise ConvertError(f"{target}: blob layers differ from the bootstrap's blob table")
+    for layer in blob_layers:
+        digest = str(layer["digest"])
+        client.download_blob(target, digest, os.path.join(blob_dir, digest[7:]))
+    return bootstrap_path
+
+
+def tree_differences(expected: Bootstrap, actual: Bootstrap, limit: int = 10) -> list[str]:
+    """Paths whose inode digest (metadata and content) differs, or that only one side has."""
+    want = {path: expected.inode(ino).digest for path, ino in expected.walk()}
+    have = {path: actual.inode(ino).digest for path, ino in actual.walk()}
+    problems = []
+    for path in sorted(want.keys() | have.keys()):
+        shown = path.decode("utf-8", "backslashreplace")
+        if path not in have:
+            problems.append(f"{shown}: missing from the converted image")
+        elif path not in want:
+            problems.append(f"{shown}: not in the source image")
+        elif want[path] != have[path]:
+            problems.append(f"{shown}: differs from the source")
+        if len(problems) >= limit:
+            break
+    return problems
+
+
+def check(
+    client: RegistryClient, source: str, target: ImageReference, work_dir: str, platforms: Sequence[Platform]
+) -> CheckResult:
+    """Verify the converted image and compare its tree with the source's layers applied."""
+    target_dir = os.path.join(work_dir, "target")
+    bootstrap_path = pull_converted(client, target, target_dir)
+    converted = open_bootstrap(bootstrap_path)
+    report = check_bootstrap(converted, os.path.join(target_dir, "blobs"))
+
+    source_dir = os.path.join(work_dir, "source")
+    os.makedirs(source_dir, exist_ok=True)
+    image = pull_source(client, source, source_dir, platforms, Progress())
+    options = BuildOptions(chunk_size=converted.chunk_size, digester=converted.digester)
+    source_bootstrap = os.path.join(source_dir, "image.boot")
+    build(image.source_type, image.sources, source_bootstrap, os.path.join(source_dir, "blobs"), options)
+    problems = tree_differences(open_bootstrap(source_bootstrap), converted)
+    if problems:
+        raise ConvertError(f"{target} does not match {source}: {'; '.join(problems)}")
+    return CheckResult(report.inodes, report.chunks_verified, report.blobs_verified, report.root_digest)
+
+
+# ---- command line
+
+
+def _platform(text: str) -> Platform:
+    os_name, _, rest = text.partition("/")
+    architecture, _, variant = rest.partition("/")
+    if not os_name or not architecture:
+        raise argparse.ArgumentTypeError(f"platform {text!r} is not OS/ARCH[/VARIANT]")
+    return Platform(os_name, architecture, variant)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nydusify", description="Convert OCI images to lazy-loading images.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("convert", "pull an OCI image, build it, push the converted image"),
+        ("check", "verify a converted image against its source"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--source", required=True, help="host[:port]/repo[:tag|@digest] or oci:DIR[:tag]")
+        command.add_argument("--target", required=True, help="host[:port]/repo[:tag]")
+        command.add_argument("--plain-http", action="store_true", help="plain HTTP (default only for loopback)")
+        command.add_argument("--skip-verify", action="store_true", help="do not verify TLS certificates")
+        command.add_argument("--platform", type=_platform, help="OS/ARCH to pick from an index")
+        command.add_argument("--work-dir", metavar="DIR", help="keep downloads and outputs here")
+        command.add_argument("--retry-limit", type=int, default=3)
+        command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a read")
+        if name == "convert":
+            command.add_argument("--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
+            command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
+    return parser
+
+
+def _client(arguments: argparse.Namespace) -> RegistryClient:
+    http = HttpOptions(
+        timeout_s=arguments.timeout, retry_limit=arguments.retry_limit, skip_verify=arguments.skip_verify
+    )
+    return RegistryClient(RegistryOptions(http=http, plain_http=True if arguments.plain_http else None))
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    target = ImageReference.parse(arguments.target)
+    platforms: tuple[Platform, ...] = (arguments.platform,) if arguments.platform else host_platforms()
+    client = _client(arguments)
+    work_dir = arguments.work_dir or tempfile.mkdtemp(prefix="nydusify-")
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        if arguments.command == "convert":
+            options = BuildOptions(
+                chunk_size=arguments.chunk_size,
+                prefetch_files=_read_prefetch_list(arguments.prefetch_files),
+                progress=True,
+            )
+            result = convert(client, arguments.source, target, work_dir, options, platforms)
+            print(result.digest)
+        else:
+            report = check(client, arguments.source, target, work_dir, platforms)
+            print(
+                f"OK: {target} matches {arguments.source}: {report.inodes} inodes, "
+                f"{report.chunks_verified} chunks in {report.blobs_verified} blobs verified; root {report.root_digest}"
+            )
+        return 0
+    finally:
+        client.close()
+        if not arguments.work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        return _run(arguments)
+    except NydusError as error:
+        print(f"nydusify {arguments.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:
+        print(f"nydusify {arguments.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"nydusify {arguments.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

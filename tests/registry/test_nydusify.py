@@ -1,0 +1,146 @@
+"""`nydusify convert` and `check` end to end against a real registry on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import nydusify
+from builder.build import BuildOptions
+from daemon.storage.registry import RegistryClient, RegistryOptions
+from rafs import oci
+from rafs.blob import decode_chunk
+from rafs.mapped import open_bootstrap
+from rafs.oci import ImageReference
+from tests.registry.images import make_image, push_image, sample_image, write_oci_layout
+from tests.registry_fixture import RunningRegistry
+
+CHUNK_SIZE = "0x10000"
+
+
+@pytest.fixture
+def client() -> RegistryClient:
+    return RegistryClient(RegistryOptions(docker_config=""))
+
+
+def run_nydusify(*arguments: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("nydusify")
+    command = [executable] if executable else [sys.executable, "-m", "builder.nydusify"]
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
+
+
+def test_convert_pushes_a_checkable_nydus_image(
+    registry: RunningRegistry, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = sample_image()
+    source = ImageReference.parse(f"{registry.host}/library/app:1.0")
+    push_image(client, source, image)
+    target = ImageReference.parse(f"{registry.host}/library/app:1.0-nydus")
+
+    converted = run_nydusify(
+        "convert", "--source", str(source), "--target", str(target), "--chunk-size", CHUNK_SIZE,
+        "--work-dir", str(tmp_path / "work"),
+    )  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    digest = converted.stdout.strip()
+    manifest = client.get_image_manifest(target)
+    assert manifest.digest == digest
+
+    layers: list[dict[str, Any]] = manifest.document["layers"]  # type: ignore[assignment]
+    *blob_layers, boot_layer = layers
+    assert blob_layers, "a non-empty image has at least one blob"
+    for layer in blob_layers:
+        assert layer["mediaType"] == oci.NYDUS_BLOB
+        assert layer["annotations"] == {oci.ANNOTATION_NYDUS_BLOB: "true"}
+    assert boot_layer["mediaType"] == oci.OCI_LAYER_GZIP
+    assert boot_layer["annotations"] == {
+        oci.ANNOTATION_NYDUS_BOOTSTRAP: "true",
+        oci.ANNOTATION_NYDUS_FS_VERSION: "pyrafs-1",
+    }
+
+    config = json.loads(client.read_blob(target, manifest.document["config"]["digest"]))  # type: ignore[index]
+    source_config = json.loads(image.config)
+    assert config["config"] == source_config["config"]
+    assert config["rootfs"]["diff_ids"][:-1] == [layer["digest"] for layer in blob_layers]
+
+    bootstrap_path = nydusify.pull_converted(client, target, str(tmp_path / "pulled"))
+    bootstrap = open_bootstrap(bootstrap_path)
+    assert bootstrap.chunk_size == int(CHUNK_SIZE, 0)
+    assert bootstrap.resolve("/etc/gone") is None
+    ranges = 0
+    for index in range(bootstrap.superblock.chunk_count):
+        record = bootstrap.chunk(index)
+        if record.is_zero:
+            continue
+        blob = bootstrap.blobs[record.blob_index]
+        stored = client.read_blob_range(
+            target, f"sha256:{blob.blob_id}", record.compressed_offset, record.compressed_size
+        )
+        assert len(decode_chunk(stored, record, blob.compressor, bootstrap.digester)) == record.uncompressed_size
+        ranges += 1
+    assert ranges > 4
+
+    checked = run_nydusify("check", "--source", str(source), "--target", str(target))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("OK:")
+
+
+def test_convert_is_deterministic_and_skips_present_blobs(
+    registry: RunningRegistry, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = sample_image(seed=5)
+    source = ImageReference.parse(f"{registry.host}/demo/twice")
+    push_image(client, source, image)
+    target = ImageReference.parse(f"{registry.host}/demo/twice:nydus")
+    options = BuildOptions(chunk_size=int(CHUNK_SIZE, 0))
+    platforms = [oci.Platform("linux", "amd64")]
+    first = nydusify.convert(client, str(source), target, str(tmp_path / "one"), options, platforms)
+    second = nydusify.convert(client, str(source), target, str(tmp_path / "two"), options, platforms)
+    assert first.digest == second.digest
+    assert first.blobs_pushed > 0 and second.blobs_pushed == 0
+
+    layout = tmp_path / "layout"
+    write_oci_layout(str(layout), image, tag="v1")
+    from_layout = ImageReference.parse(f"{registry.host}/demo/from-layout:nydus")
+    third = nydusify.convert(client, f"oci:{layout}:v1", from_layout, str(tmp_path / "three"), options, platforms)
+    assert third.digest == first.digest
+
+
+def test_check_names_what_differs(registry: RunningRegistry, client: RegistryClient, tmp_path: Path) -> None:
+    original = make_image([{"etc": None, "etc/motd": b"hello\n", "etc/same": b"same\n"}])
+    changed = make_image([{"etc": None, "etc/motd": b"changed\n", "etc/same": b"same\n"}])
+    source = ImageReference.parse(f"{registry.host}/demo/orig")
+    other = ImageReference.parse(f"{registry.host}/demo/other")
+    push_image(client, source, original)
+    push_image(client, other, changed)
+    target = ImageReference.parse(f"{registry.host}/demo/orig:nydus")
+    assert run_nydusify("convert", "--source", str(source), "--target", str(target)).returncode == 0
+
+    result = run_nydusify("check", "--source", str(other), "--target", str(target))
+    assert result.returncode == nydusify.ConvertError.exit_code
+    assert "/etc/motd: differs from the source" in result.stderr
+    assert "/etc/same" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_convert_errors_are_one_line(registry: RunningRegistry, tmp_path: Path) -> None:
+    missing = run_nydusify("convert", "--source", f"{registry.host}/no/such:tag", "--target", f"{registry.host}/x:y")
+    assert missing.returncode != 0
+    assert missing.stderr.count("\n") == 1 and "not found" in missing.stderr and "no/such" in missing.stderr
+    converted_twice = ImageReference.parse(f"{registry.host}/demo/already:nydus")
+    client = RegistryClient(RegistryOptions(docker_config=""))
+    push_image(client, ImageReference.parse(f"{registry.host}/demo/already"), sample_image())
+    assert (
+        run_nydusify(
+            "convert", "--source", f"{registry.host}/demo/already", "--target", str(converted_twice)
+        ).returncode
+        == 0
+    )
+    again = run_nydusify("convert", "--source", str(converted_twice), "--target", f"{registry.host}/demo/again")
+    assert again.returncode == nydusify.ConvertError.exit_code and "already a converted image" in again.stderr
