@@ -318,7 +318,8 @@ class RegistryClient:
             token, lifetime_s = None, 0.0
         if not isinstance(token, str) or not token:
             raise AuthError("token server sent no token", url=realm, repo=repo)
-        self._tokens[key] = (token, time.monotonic() + max(lifetime_s - TOKEN_MARGIN_S, 0.0))
+        margin_s = min(TOKEN_MARGIN_S, lifetime_s / 2)  # renew early, but keep short-lived tokens useful
+        self._tokens[key] = (token, time.monotonic() + lifetime_s - margin_s)
         return token
 
     def _send(
