@@ -312,6 +312,7 @@ def _entries_from_bootstrap(bootstrap: Bootstrap, store: ChunkStore) -> Iterator
             size=inode.size if inode.is_reg else 0,
             rdev=inode.rdev,
             xattrs=bootstrap.xattrs(ino),
+            implicit=bool(inode.flags & layout.INODE_IMPLICIT_DIR),
         )
         if inode.is_symlink:
             entry.link_target = bootstrap.readlink(ino)

@@ -59,6 +59,7 @@ class LayerEntry:
     rdev: int = 0
     link_target: bytes = b""
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    implicit: bool = False  # a directory without metadata of its own (from a layer bootstrap)
 
     @property
     def mode(self) -> int:

@@ -49,6 +49,7 @@ class Overlay:
 
     def __init__(self) -> None:
         self.root: FsNode = new_directory()
+        self.root.implicit = True
 
     def apply_layer(
         self,
@@ -106,13 +107,15 @@ class Overlay:
             child = node.children.get(part)
             if child is None or not child.is_dir:
                 child = new_directory()
+                child.implicit = True
                 node.children[part] = child
             node = child
         return node
 
     def _add(self, entry: LayerEntry, pending: list[PendingChunk], layer: str) -> None:
         if not entry.path:
-            self._update_directory(self.root, entry)
+            if not entry.implicit:
+                self._update_directory(self.root, entry)
             return
         name = entry.path.rsplit(b"/", 1)[-1]
         if entry.kind == HARDLINK:
@@ -128,9 +131,11 @@ class Overlay:
         parent = self._parent_of(entry.path)
         existing = parent.children.get(name)
         if entry.kind == DIRECTORY and existing is not None and existing.is_dir:
-            self._update_directory(existing, entry)
+            if not entry.implicit:
+                self._update_directory(existing, entry)
             return
-        parent.children[name] = node_for(entry, pending)
+        parent.children[name] = node = node_for(entry, pending)
+        node.implicit = entry.implicit
 
     @staticmethod
     def _update_directory(node: FsNode, entry: LayerEntry) -> None:
@@ -139,3 +144,4 @@ class Overlay:
         node.mode = stat.S_IFDIR | (entry.permissions & 0o7777)
         node.uid, node.gid, node.mtime_ns = entry.uid, entry.gid, entry.mtime_ns
         node.xattrs = dict(entry.xattrs)
+        node.implicit = False

@@ -31,6 +31,10 @@ DIGEST_SIZE = 32
 INODE = struct.Struct("<IIIIQQqIIQQIIQ32s")
 assert INODE.size == 112
 
+# Inode flags (inode `flags`). Only layer bootstraps (FEATURE_LAYER) may set them.
+INODE_IMPLICIT_DIR = 1 << 0  # a directory the layer did not contain, made only to hold children
+KNOWN_INODE_FLAGS = INODE_IMPLICIT_DIR
+
 # Directory entry, 24 bytes; a directory's entries are contiguous and sorted by name bytes.
 DIRENT = struct.Struct("<QIIQ")
 assert DIRENT.size == 24

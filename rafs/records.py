@@ -88,6 +88,7 @@ class Inode:
     xattr_size: int
     xattr_offset: int
     digest: bytes
+    flags: int = 0
 
     @property
     def is_dir(self) -> bool:

@@ -26,6 +26,10 @@ class FsNode:
     symlink_target: bytes = b""
     children: dict[bytes, FsNode] = field(default_factory=dict)
     chunks: list[ChunkRecord] = field(default_factory=list)
+    # A directory made only to hold children that a layer named (the layer had no entry for it).
+    # Layer bootstraps record it, so that `merge` does not let it overwrite a lower layer's
+    # metadata for the same directory.
+    implicit: bool = False
 
     @property
     def is_dir(self) -> bool:

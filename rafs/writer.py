@@ -167,7 +167,7 @@ def write_bootstrap(
                 node.rdev,
                 mtime_sec,
                 mtime_nsec,
-                0,
+                layout.INODE_IMPLICIT_DIR if node.implicit and node.is_dir and features & layout.FEATURE_LAYER else 0,
                 parent_of.get(id(node), 0),
                 data_start,
                 data_count,
