@@ -1,0 +1,5 @@
+# The cffi extension built by native/build.py; its objects are untyped cdata.
+from typing import Any
+
+ffi: Any
+lib: Any
