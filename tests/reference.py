@@ -174,7 +174,7 @@ def apply_layer(tree: Tree, entries: list[Entry]) -> None:
             for below in _below(tree, directory):
                 del tree[below]
         elif name.startswith(WHITEOUT):
-            hidden = f"{directory}/{name[len(WHITEOUT):]}" if directory else name[len(WHITEOUT) :]
+            hidden = f"{directory}/{name[len(WHITEOUT) :]}" if directory else name[len(WHITEOUT) :]
             if hidden not in tree:
                 raise ValueError(f"whiteout of missing {hidden!r}")
             _remove(tree, hidden)
@@ -279,9 +279,7 @@ def snapshot_directory(root: str | bytes) -> Snapshot:
             names = os.listxattr(full, follow_symlinks=False)
         except OSError:
             names = []
-        xattrs = tuple(
-            sorted((name.encode(), os.getxattr(full, name, follow_symlinks=False)) for name in names)
-        )
+        xattrs = tuple(sorted((name.encode(), os.getxattr(full, name, follow_symlinks=False)) for name in names))
         data = b""
         if stat.S_ISREG(info.st_mode):
             with open(full, "rb") as file:
