@@ -53,9 +53,13 @@ def mounts_at(path: str) -> list[MountEntry]:
 
 
 def is_stale(path: str) -> bool:
-    """True if `path` is a FUSE mount whose daemon is gone."""
+    """True if `path` is a FUSE mount whose daemon is gone.
+
+    Asks with statfs, which the kernel never answers from its cache (a `stat` of the root may be
+    answered from cached attributes long after the daemon died).
+    """
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as error:
         return error.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False

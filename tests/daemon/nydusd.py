@@ -1,0 +1,134 @@
+"""Start and always stop real `nydusd` processes for tests.
+
+A `Daemon` is running and mounted when `start_nydusd` returns; `mounted()` stops it with
+SIGTERM and then detaches whatever is still mounted, even when the test failed, so no test
+leaves a mountpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from daemon.mountpoint import mounts_at
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NYDUSD = [sys.executable, "-m", "daemon.cli"]
+
+requires_fuse = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
+)
+
+
+def is_mounted(mountpoint: str) -> bool:
+    return any(entry.fstype.startswith("fuse") for entry in mounts_at(mountpoint))
+
+
+def answers(mountpoint: str) -> bool:
+    """True if a daemon serves `mountpoint` (statfs is never answered from the kernel's cache,
+    so a stale mount left by a killed daemon answers ENOTCONN)."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError:
+        return False
+    return True
+
+
+def force_unmount(mountpoint: str) -> None:
+    """Detach every FUSE mount stacked on `mountpoint` (lazily, so a busy one cannot block)."""
+    for _ in range(16):
+        if not is_mounted(mountpoint):
+            return
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    mountpoint: str
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as file:
+            return file.read()
+
+    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Signal the daemon and wait; kill it if it does not exit. Returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def write_config(path: str, blob_dir: str, work_dir: str | None = None, **top: object) -> str:
+    """A nydusd JSON config with a localfs backend and, if given, a blobcache in `work_dir`."""
+    device: dict[str, object] = {"backend": {"type": "localfs", "config": {"dir": blob_dir}}}
+    if work_dir:
+        device["cache"] = {"type": "blobcache", "config": {"work_dir": work_dir}}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump({"device": device, **top}, file)
+    return path
+
+
+def start_nydusd(
+    bootstrap: str,
+    mountpoint: str,
+    config: str,
+    log_path: str,
+    *,
+    command: Sequence[str] = NYDUSD,
+    extra: Sequence[str] = (),
+    timeout_s: float = 30.0,
+) -> Daemon:
+    """Run the daemon and return once its mount answers; raise with its log if it does not."""
+    os.makedirs(mountpoint, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [*command, "--bootstrap", bootstrap, "--mountpoint", mountpoint, "--config", config, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    daemon = Daemon(process, mountpoint, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"nydusd exited with {process.returncode}:\n{daemon.log()}")
+        if is_mounted(mountpoint) and answers(mountpoint):
+            return daemon
+        time.sleep(0.02)
+    daemon.stop(signal.SIGKILL)
+    force_unmount(mountpoint)
+    raise AssertionError(f"nydusd did not mount within {timeout_s} s:\n{daemon.log()}")
+
+
+@contextmanager
+def mounted(
+    bootstrap: str,
+    mountpoint: str,
+    config: str,
+    log_path: str,
+    *,
+    command: Sequence[str] = NYDUSD,
+    extra: Sequence[str] = (),
+) -> Iterator[Daemon]:
+    """A running, mounted daemon for the `with` body; stopped and unmounted on every exit."""
+    daemon = start_nydusd(bootstrap, mountpoint, config, log_path, command=command, extra=extra)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        force_unmount(mountpoint)
