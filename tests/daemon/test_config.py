@@ -1,0 +1,76 @@
+"""nydusd's JSON config: every known key read, unknown keys and wrong types named."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from daemon.config import default_config, load_config, parse_config
+from rafs.errors import ConfigError
+
+FULL = {
+    "device": {
+        "backend": {"type": "localfs", "config": {"dir": "/blobs"}},
+        "cache": {"type": "blobcache", "compressed": False, "config": {"work_dir": "/cache"}},
+    },
+    "mode": "direct",
+    "digest_validate": False,
+    "iostats_files": True,
+    "enable_xattr": False,
+    "amplify_io": 4096,
+    "fs_prefetch": {"enable": True, "threads_count": 2, "merging_size": 65536, "bandwidth_rate": 10},
+}
+
+
+def test_full_config_is_read() -> None:
+    config = parse_config(FULL)
+    assert config.backend.localfs.dir == "/blobs"
+    assert (config.cache.type, config.cache.work_dir) == ("blobcache", "/cache")
+    assert not config.digest_validate and not config.enable_xattr and config.iostats_files
+    assert config.fs_prefetch.threads_count == 2 and config.fs_prefetch.merging_size == 65536
+
+
+def test_defaults() -> None:
+    config = parse_config({"device": {"backend": {"type": "localfs", "config": {"dir": "d"}}}})
+    assert config == default_config("d")
+    assert config.digest_validate and config.cache.type == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c.update(digest_validat=True), "digest_validat"),
+        (lambda c: c["device"].update(extra=1), "device.extra"),
+        (lambda c: c["device"]["backend"]["config"].update(directory="x"), "device.backend.config.directory"),
+        (lambda c: c["device"]["cache"]["config"].update(workdir="x"), "device.cache.config.workdir"),
+        (lambda c: c["fs_prefetch"].update(threads=1), "fs_prefetch.threads"),
+        (lambda c: c.update(digest_validate="yes"), "digest_validate"),
+        (lambda c: c.update(amplify_io=True), "amplify_io"),
+        (lambda c: c["fs_prefetch"].update(threads_count=0), "fs_prefetch.threads_count"),
+        (lambda c: c["fs_prefetch"].update(merging_size="1M"), "fs_prefetch.merging_size"),
+        (lambda c: c.update(mode="fast"), "mode"),
+        (lambda c: c["device"]["backend"].update(type="s3"), "device.backend.type"),
+        (lambda c: c["device"]["backend"].update(type="registry"), "device.backend.type"),
+        (lambda c: c["device"]["backend"]["config"].pop("dir"), "device.backend.config.dir"),
+        (lambda c: c["device"]["cache"]["config"].pop("work_dir"), "device.cache.config.work_dir"),
+        (lambda c: c["device"].pop("backend"), "device.backend"),
+        (lambda c: c["device"].update(cache=[]), "device.cache"),
+    ],
+)
+def test_bad_key_is_named(change, key: str) -> None:  # type: ignore[no-untyped-def]
+    config = json.loads(json.dumps(FULL))
+    change(config)
+    with pytest.raises(ConfigError, match=f"config key {key.replace('.', '[.]')}:"):
+        parse_config(config)
+
+
+def test_unreadable_files(tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(os.path.join(tmp_path, "absent.json"))
+    broken = os.path.join(tmp_path, "broken.json")
+    with open(broken, "w") as file:
+        file.write("{")
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_config(broken)
