@@ -6,21 +6,29 @@ bottleneck of `rate` bits per second that every connection shares (bytes queue f
 arrival order), followed by a one-way propagation delay of RTT/2. Usage:
 
     python3 -m benchmarks.shaper --upstream 127.0.0.1:5000 [--listen 127.0.0.1:0] \
-        [--rtt-ms 20] [--rate-mbit 200]
+        [--rtt-ms 20] [--rate-mbit 200] [--stats-file FILE]
 
 It prints `listening HOST:PORT` on stdout once it accepts connections, and runs until killed.
+With `--stats-file`, it rewrites FILE (atomically, every 50 ms) with the bytes each direction
+has carried so far, `{"up": N, "down": N, "written_at": UNIX_TIME}`: a reader that waits for a
+`written_at` later than the moment its transfer ended sees every byte of that transfer counted
+(a byte is counted when the shaper reads it, before it can reach the other end).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from dataclasses import dataclass
 
 import trio
 
 READ_SIZE = 64 * 1024
 QUEUE_PIECES = 64
+STATS_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -86,7 +94,23 @@ async def _serve_connection(client: trio.SocketStream, upstream: tuple[str, int]
         nursery.start_soon(_pump, server, client, down)
 
 
-async def run(listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float, rate_mbit: float) -> None:
+def write_stats(path: str, up: Link, down: Link) -> None:
+    """Replace `path` with the byte counts of both directions, stamped with the wall clock."""
+    temp_path = f"{path}.tmp"
+    with open(temp_path, "w") as file:
+        json.dump({"up": up.bytes_carried, "down": down.bytes_carried, "written_at": time.time()}, file)
+    os.replace(temp_path, path)
+
+
+async def _report_stats(path: str, up: Link, down: Link) -> None:
+    while True:
+        write_stats(path, up, down)
+        await trio.sleep(STATS_INTERVAL_S)
+
+
+async def run(
+    listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float, rate_mbit: float, stats_file: str = ""
+) -> None:
     rate = rate_mbit * 1e6 / 8
     up = Link(rate, rtt_ms / 2000)
     down = Link(rate, rtt_ms / 2000)
@@ -97,7 +121,10 @@ async def run(listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float,
     async def handler(stream: trio.SocketStream) -> None:
         await _serve_connection(stream, upstream, up, down)
 
-    await trio.serve_listeners(handler, listeners)
+    async with trio.open_nursery() as nursery:
+        if stats_file:
+            nursery.start_soon(_report_stats, stats_file, up, down)
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -113,9 +140,10 @@ def main() -> int:
     parser.add_argument("--listen", type=_address, default=("127.0.0.1", 0))
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     parser.add_argument("--rate-mbit", type=float, default=200.0)
+    parser.add_argument("--stats-file", default="", help="keep the byte counts of both directions in this JSON file")
     arguments = parser.parse_args()
     try:
-        trio.run(run, arguments.listen, arguments.upstream, arguments.rtt_ms, arguments.rate_mbit)
+        trio.run(run, arguments.listen, arguments.upstream, arguments.rtt_ms, arguments.rate_mbit, arguments.stats_file)
     except KeyboardInterrupt:
         pass
     return 0
