@@ -16,6 +16,7 @@ exceptions the functions raise.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -35,7 +36,7 @@ def _choose_backend(requested: str) -> str:
     if requested == "pure":
         return "pure"
     try:
-        from native import _cffi  # noqa: F401
+        importlib.import_module("native._cffi")
     except ImportError as error:
         if requested == "c":
             raise NativeUnavailable(f"RAFS_NATIVE=c but the C extension is unavailable: {error}") from error

@@ -135,7 +135,9 @@ def check_batch(
     output: bytearray | memoryview,
 ) -> None:
     """`ValueError` unless every stored chunk lies inside `source` and `output` is exactly as
-    long as all uncompressed sizes together. Shared by both backends, run before any work."""
+    long as all uncompressed sizes together (`TypeError` if it is read-only). Shared by both backends, run before any work."""
+    if memoryview(output).readonly:
+        raise TypeError("output must be a writable buffer")
     total = 0
     for position, (start, length, _, uncompressed_size) in enumerate(chunks):
         check_u64(offset=start, length=length, uncompressed_size=uncompressed_size)
