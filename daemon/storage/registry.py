@@ -211,6 +211,12 @@ def docker_config_credentials(path: str, registry: str) -> tuple[str, str] | Non
     return None
 
 
+def _host_without_port(host_port: str) -> str:
+    if host_port.startswith("["):
+        return host_port[1 : host_port.index("]")]
+    return host_port.rsplit(":", 1)[0]
+
+
 def _with_query(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
@@ -238,6 +244,7 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._challenges: dict[str, _Challenge] = {}
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._docker_logins: dict[str, tuple[str, str] | None] = {}
 
     # ---- endpoints and authentication
 
@@ -245,7 +252,7 @@ class RegistryClient:
         if plain_http is None:
             plain_http = self.options.plain_http
         if plain_http is None:
-            plain_http = is_loopback(ImageReference(host_port, "x").host)
+            plain_http = is_loopback(_host_without_port(host_port))
         return "http" if plain_http else "https"
 
     def _endpoints(self, ref: ImageReference, *, read: bool) -> list[_Endpoint]:
@@ -259,13 +266,16 @@ class RegistryClient:
         return endpoints
 
     def _credentials(self, host: str) -> tuple[str, str] | None:
+        """The configured login, else the docker config's for `host` (read once per host)."""
         if self.options.username:
             return self.options.username, self.options.password
-        path = self.options.docker_config
-        if path is None:
-            directory = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-            path = os.path.join(directory, "config.json")
-        return docker_config_credentials(path, host) if path else None
+        if host not in self._docker_logins:
+            path = self.options.docker_config
+            if path is None:
+                directory = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+                path = os.path.join(directory, "config.json")
+            self._docker_logins[host] = docker_config_credentials(path, host) if path else None
+        return self._docker_logins[host]
 
     def _auth_header(self, host: str, repo: str, actions: str, *, fresh: bool) -> dict[str, str]:
         """What to send for `host`: nothing until it has challenged us, then what it asked for."""
@@ -388,17 +398,19 @@ class RegistryClient:
             method, origin, origin.base_url + path, ref.repository, headers=headers, on_success=on_success
         )
 
-    def _fail(self, response: requests.Response, what: str, ref: ImageReference, digest: str = "") -> RegistryError:
-        """The named error for an answer we cannot use."""
+    def _fail(
+        self, response: requests.Response, kind: str, what: str, ref: ImageReference, digest: str = ""
+    ) -> RegistryError:
+        """The named error for an answer we cannot use; `kind` is "blob", "manifest" or "upload"."""
         status = response.status_code
         detail = _registry_message(response)
         if status in (401, 403):
             return AuthError(f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository)
-        if status == 404 and what.startswith("blob"):
+        if status == 404 and kind == "blob":
             return BlobNotFound(
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
-        if status == 404 and what.startswith("manifest"):
+        if status == 404 and kind == "manifest":
             return ManifestNotFound(
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
@@ -427,7 +439,7 @@ class RegistryClient:
             on_success=lambda r: result.append(r.content),
         )
         if not result:
-            raise self._fail(response, f"manifest {ref.reference}", ref, ref.digest)
+            raise self._fail(response, "manifest", f"manifest {ref.reference}", ref, ref.digest)
         data = result[0]
         digest = sha256_digest(data)
         if ref.digest and digest != ref.digest:
@@ -460,7 +472,7 @@ class RegistryClient:
             "PUT", origin, url, ref.repository, actions="pull,push", headers={"Content-Type": media_type}, body=data
         )
         if response.status_code not in (200, 201):
-            raise self._fail(response, f"manifest push {ref.reference}", ref)
+            raise self._fail(response, "upload", f"manifest push {ref.reference}", ref)
         digest = sha256_digest(data)
         answered = response.headers.get("Docker-Content-Digest", digest)
         if answered != digest:
@@ -471,13 +483,21 @@ class RegistryClient:
 
     # ---- blobs
 
-    def blob_size(self, ref: ImageReference, digest: str) -> int | None:
-        """The blob's size if the repository has it, else None (HEAD, so nothing is downloaded)."""
-        response = self._read("HEAD", ref, f"{ref.repository}/blobs/{digest}")
+    def blob_size(self, ref: ImageReference, digest: str, *, origin_only: bool = False) -> int | None:
+        """The blob's size if the repository has it, else None (HEAD, so nothing is downloaded).
+
+        `origin_only` skips the mirrors: before a push, only the target itself counts.
+        """
+        path = f"{ref.repository}/blobs/{digest}"
+        if origin_only:
+            origin = self._endpoints(ref, read=False)[-1]
+            response = self._send("HEAD", origin, origin.base_url + path, ref.repository)
+        else:
+            response = self._read("HEAD", ref, path)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise self._fail(response, f"blob {digest}", ref, digest)
+            raise self._fail(response, "blob", f"blob {digest}", ref, digest)
         return int(response.headers.get("Content-Length", "0"))
 
     def read_blob(self, ref: ImageReference, digest: str) -> bytes:
@@ -487,7 +507,7 @@ class RegistryClient:
             "GET", ref, f"{ref.repository}/blobs/{digest}", on_success=lambda r: result.append(r.content)
         )
         if not result:
-            raise self._fail(response, f"blob {digest}", ref, digest)
+            raise self._fail(response, "blob", f"blob {digest}", ref, digest)
         if sha256_digest(result[0]) != digest:
             raise DigestMismatch(
                 "blob content differs from its digest", url=response.url, repo=ref.repository, digest=digest
@@ -523,7 +543,7 @@ class RegistryClient:
         try:
             response = self._read("GET", ref, f"{ref.repository}/blobs/{digest}", on_success=save)
             if not hasher:
-                raise self._fail(response, f"blob {digest}", ref, digest)
+                raise self._fail(response, "blob", f"blob {digest}", ref, digest)
             if "sha256:" + hasher[0].hexdigest() != digest:
                 raise DigestMismatch(
                     "blob content differs from its digest", url=response.url, repo=ref.repository, digest=digest
@@ -547,7 +567,7 @@ class RegistryClient:
             on_success=lambda r: result.append(slice_range(r, offset, length)),
         )
         if not result:
-            raise self._fail(response, f"blob {digest} range {offset}+{length}", ref, digest)
+            raise self._fail(response, "blob", f"blob {digest} range {offset}+{length}", ref, digest)
         if len(result[0]) < length:
             raise RangeNotSatisfiable(
                 f"blob range {offset}+{length} is past the end", url=response.url, repo=ref.repository, digest=digest
@@ -560,7 +580,7 @@ class RegistryClient:
         Each attempt is a whole upload session, so a failure mid-way restarts cleanly instead of
         resuming at an offset the registry may not have kept.
         """
-        if self.blob_size(ref, digest) is not None:
+        if self.blob_size(ref, digest, origin_only=True) is not None:
             return False
         attempts = self.options.http.retry_limit + 1
         for attempt in range(attempts):
@@ -578,7 +598,7 @@ class RegistryClient:
         start_url = f"{origin.base_url}{ref.repository}/blobs/uploads/"
         response = self._send("POST", origin, start_url, ref.repository, actions="pull,push", retry=False)
         if response.status_code != 202 or "Location" not in response.headers:
-            raise self._fail(response, f"blob upload {digest}", ref, digest)
+            raise self._fail(response, "upload", f"blob upload {digest}", ref, digest)
         location = urljoin(response.url, response.headers["Location"])
         size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
         chunk_size = self.options.upload_chunk_size
@@ -599,7 +619,7 @@ class RegistryClient:
                     retry=False,
                 )
                 if response.status_code != 202 or "Location" not in response.headers:
-                    raise self._fail(response, f"blob upload {digest} at {offset}", ref, digest)
+                    raise self._fail(response, "upload", f"blob upload {digest} at {offset}", ref, digest)
                 location = urljoin(response.url, response.headers["Location"])
             body: Body = b""
         else:
@@ -612,7 +632,7 @@ class RegistryClient:
             actions="pull,push", headers=headers, body=body, retry=False,
         )  # fmt: skip
         if response.status_code not in (201, 204):
-            raise self._fail(response, f"blob upload {digest}", ref, digest)
+            raise self._fail(response, "upload", f"blob upload {digest}", ref, digest)
 
     def close(self) -> None:
         self.transport.close()

@@ -86,7 +86,7 @@ def test_nydusify_reports_wrong_credentials_in_one_line(basic_registry: RunningR
     result = subprocess.run(
         [sys.executable, "-m", "builder.nydusify", "convert", "--source", f"{basic_registry.host}/private/app",
          "--target", f"{basic_registry.host}/private/app:nydus"],
-        capture_output=True, text=True, env=environment, timeout=60,
+        capture_output=True, text=True, env=environment, timeout=60, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert time.monotonic() - started < 10
     assert result.returncode == AuthError.exit_code

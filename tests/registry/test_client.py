@@ -152,6 +152,8 @@ def test_mirror_first_then_origin(registry: RunningRegistry, tmp_path: Path) -> 
         layer = image.layers[0]
         assert client.read_blob_range(origin_ref, sha256_digest(layer), 5, 10) == layer[5:15]
         assert client.get_image_manifest(origin_ref).digest == image.digest
+        assert client.push_blob(origin_ref, sha256_digest(only_in_mirror), only_in_mirror), "a push checks the origin"
+        assert plain.blob_size(origin_ref, sha256_digest(only_in_mirror)) == len(only_in_mirror)
     finally:
         mirror.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +28,13 @@ def client() -> RegistryClient:
     return RegistryClient(RegistryOptions(docker_config=""))
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def run_nydusify(*arguments: str) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("nydusify")
-    command = [executable] if executable else [sys.executable, "-m", "builder.nydusify"]
-    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
+    """The `nydusify` console script's `main`, run from this checkout (not whatever is installed)."""
+    command = [sys.executable, "-m", "builder.nydusify", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
 
 
 def test_convert_pushes_a_checkable_nydus_image(
