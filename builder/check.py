@@ -20,7 +20,7 @@ from typing import IO
 from rafs import digest, layout
 from rafs.blob import decode_chunk
 from rafs.bootstrap import Bootstrap
-from rafs.errors import ChunkError, CorruptBootstrap, NydusError
+from rafs.errors import ChunkError, CorruptBootstrap, CorruptChunk, NydusError
 from rafs.records import ChunkRecord
 
 
@@ -46,10 +46,15 @@ class BlobFiles:
         if record.is_zero:
             return bytes(record.uncompressed_size)
         blob = self.bootstrap.blobs[record.blob_index]
-        handle = self._handle(record.blob_index)
-        handle.seek(record.compressed_offset)
-        stored = handle.read(record.compressed_size)
         try:
+            if record.compressed_offset + record.compressed_size > blob.compressed_size:
+                raise CorruptChunk(
+                    f"stored range [{record.compressed_offset}, +{record.compressed_size}) lies beyond the"
+                    f" {blob.compressed_size}-byte blob"
+                )
+            handle = self._handle(record.blob_index)
+            handle.seek(record.compressed_offset)
+            stored = handle.read(record.compressed_size)
             return decode_chunk(stored, record, blob.compressor, self.bootstrap.digester)
         except ChunkError as error:
             raise type(error)(str(error), blob_id=blob.blob_id, chunk_index=chunk_index) from None
@@ -126,10 +131,109 @@ def recompute_digests(bootstrap: Bootstrap) -> dict[int, bytes]:
     return recomputed
 
 
+def verify_structure(bootstrap: Bootstrap) -> None:
+    """Check what the digests do not cover: the layout every bootstrap of this format has.
+
+    Parents, reserved fields, the heap's leading NUL, dirent and chunk runs laid out in inode
+    order without gaps or overlaps, sorted names, canonical zero chunks, chunk extents inside
+    their blobs, and a prefetch table of distinct regular files. Together with the digests this
+    makes any single altered byte of the inode, dirent and chunk tables, heap or superblock an
+    error.
+    """
+    sb = bootstrap.superblock
+    if sb.heap_size < 1 or bootstrap.buffer[sb.heap_offset] != 0:
+        raise CorruptBootstrap("the heap does not start with its reserved NUL byte")
+    expected_parent: dict[int, int] = {layout.ROOT_INO: layout.ROOT_INO}
+    for path, ino in bootstrap.walk():
+        inode = bootstrap.inode(ino)
+        if inode.is_dir:
+            for entry in bootstrap.readdir(ino):
+                if bootstrap.inode(entry.ino).is_dir:
+                    if entry.ino in expected_parent:
+                        raise CorruptBootstrap(f"{_show(path)}: directory inode {entry.ino} is reachable twice")
+                    expected_parent[entry.ino] = ino
+                else:
+                    expected_parent.setdefault(entry.ino, 0)
+    if len(expected_parent) != sb.inode_count:
+        raise CorruptBootstrap(f"{sb.inode_count - len(expected_parent)} inodes are not reachable from the root")
+    next_dirent = next_chunk = 0
+    zero_digests: dict[int, bytes] = {}
+    extents: dict[int, dict[int, tuple[int, int]]] = {}
+    for ino in range(1, sb.inode_count + 1):
+        inode = bootstrap.inode(ino)
+        if inode.parent != expected_parent[ino]:
+            raise CorruptBootstrap(f"inode {ino}: parent {inode.parent}, expected {expected_parent[ino]}")
+        if not inode.xattr_size and inode.xattr_offset:
+            raise CorruptBootstrap(f"inode {ino}: xattr offset without xattrs")
+        if inode.is_dir:
+            if inode.data_start != next_dirent:
+                raise CorruptBootstrap(f"inode {ino}: entries start at {inode.data_start}, expected {next_dirent}")
+            next_dirent += inode.data_count
+            previous = b""
+            for entry in bootstrap.readdir(ino):
+                raw = layout.DIRENT.unpack_from(
+                    bootstrap.buffer, sb.dirent_table_offset + (inode.data_start + entry.index) * layout.DIRENT.size
+                )
+                if raw[2] != 0:
+                    raise CorruptBootstrap(f"inode {ino}: entry {entry.name!r} has a non-zero reserved field")
+                if entry.name <= previous:
+                    raise CorruptBootstrap(f"inode {ino}: entries are not sorted at {entry.name!r}")
+                previous = entry.name
+        elif inode.is_reg:
+            if inode.data_start != next_chunk:
+                raise CorruptBootstrap(f"inode {ino}: chunks start at {inode.data_start}, expected {next_chunk}")
+            next_chunk += inode.data_count
+            for position, chunk in enumerate(bootstrap.chunks(ino)):
+                last = position == inode.data_count - 1
+                if chunk.uncompressed_size > sb.chunk_size or (not last and chunk.uncompressed_size != sb.chunk_size):
+                    raise CorruptBootstrap(f"inode {ino}: chunk {position} holds {chunk.uncompressed_size} bytes")
+                if chunk.is_zero:
+                    size = chunk.uncompressed_size
+                    if size not in zero_digests:
+                        zero_digests[size] = digest.chunk_digest(bytes(size), bootstrap.digester)
+                    found = (chunk.blob_index, chunk.flags, chunk.compressed_offset, chunk.compressed_size)
+                    if found != (0, layout.CHUNK_ZERO, 0, 0) or chunk.digest != zero_digests[size]:
+                        raise CorruptBootstrap(f"inode {ino}: zero chunk {position} is not in canonical form")
+                    continue
+                blob_extents = extents.setdefault(chunk.blob_index, {})
+                extent = (chunk.compressed_size, chunk.uncompressed_size)
+                if blob_extents.setdefault(chunk.compressed_offset, extent) != extent:
+                    raise CorruptBootstrap(f"inode {ino}: chunk {position} overlaps another chunk in its blob")
+        elif not inode.is_symlink and inode.data_start:
+            raise CorruptBootstrap(f"inode {ino}: content offset {inode.data_start} on an inode without content")
+    if next_dirent != sb.dirent_count or next_chunk != sb.chunk_count:
+        raise CorruptBootstrap("the dirent or chunk table holds records no inode refers to")
+    for blob_index, blob_extents in extents.items():
+        blob = bootstrap.blobs[blob_index]
+        end = 0
+        gaps = False
+        for offset in sorted(blob_extents):
+            if offset < end:
+                raise CorruptBootstrap(f"blob {blob.blob_id[:16]}: chunks at {offset} overlap")
+            gaps = gaps or offset > end
+            end = offset + blob_extents[offset][0]
+        if end > blob.compressed_size or len(blob_extents) > blob.chunk_count:
+            raise CorruptBootstrap(f"blob {blob.blob_id[:16]}: chunks lie beyond its recorded size or count")
+        # A blob this image uses in full (no chunk-dict or parent leftovers) must add up exactly.
+        uncompressed = sum(size for _, size in blob_extents.values())
+        if (
+            not gaps
+            and end == blob.compressed_size
+            and (len(blob_extents) != blob.chunk_count or uncompressed != blob.uncompressed_size)
+        ):
+            raise CorruptBootstrap(f"blob {blob.blob_id[:16]}: chunk count or uncompressed size does not add up")
+    prefetch = bootstrap.prefetch_inodes()
+    if len(set(prefetch)) != len(prefetch) or not all(
+        1 <= ino <= sb.inode_count and bootstrap.inode(ino).is_reg for ino in prefetch
+    ):
+        raise CorruptBootstrap("the prefetch table lists something other than distinct regular files")
+
+
 def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
-    """Verify the Merkle tree, then (with `blob_dir`) every blob and chunk."""
+    """Verify the Merkle tree and the layout, then (with `blob_dir`) every chunk and blob."""
     report = CheckReport()
     report.inodes = len(recompute_digests(bootstrap))
+    verify_structure(bootstrap)
     report.root_digest = bootstrap.superblock.root_digest.hex()
     if blob_dir is None:
         return report
@@ -137,15 +241,8 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
         path = os.path.join(blob_dir, blob.blob_id)
         if not os.path.exists(path):
             raise NydusError(f"blob {blob.blob_id} is missing from {blob_dir}")
-        sha = hashlib.sha256()
-        with open(path, "rb") as file:
-            while data := file.read(1 << 20):
-                sha.update(data)
-        if sha.hexdigest() != blob.blob_id:
-            raise NydusError(f"blob {blob.blob_id}: content has sha256 {sha.hexdigest()} (truncated or altered)")
-        report.blobs_verified += 1
     files = BlobFiles(bootstrap, blob_dir)
-    verified: set[tuple[int, int]] = set()
+    verified: set[tuple[int, int, int, int, bytes]] = set()
     try:
         for path, ino in bootstrap.walk():
             inode = bootstrap.inode(ino)
@@ -154,7 +251,7 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
             for position in range(inode.data_count):
                 index = inode.data_start + position
                 record = bootstrap.chunk(index)
-                key = (record.blob_index, record.compressed_offset)
+                key = (record.blob_index, record.flags, record.compressed_offset, record.compressed_size, record.digest)
                 if record.is_zero or key in verified:
                     continue
                 try:
@@ -165,6 +262,18 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
                 report.chunks_verified += 1
     finally:
         files.close()
+    # Every chunk is sound; the blob's sha256 also covers bytes no chunk refers to.
+    for blob in bootstrap.blobs:
+        path = os.path.join(blob_dir, blob.blob_id)
+        sha = hashlib.sha256()
+        with open(path, "rb") as file:
+            while data := file.read(1 << 20):
+                sha.update(data)
+        if os.path.getsize(path) != blob.compressed_size:
+            raise NydusError(f"blob file {path}: {os.path.getsize(path)} bytes, expected {blob.compressed_size}")
+        if sha.hexdigest() != blob.blob_id:
+            raise NydusError(f"blob file {path}: content has sha256 {sha.hexdigest()} (altered)")
+        report.blobs_verified += 1
     return report
 
 
