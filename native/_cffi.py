@@ -15,7 +15,7 @@ from rafs.errors import CorruptBootstrap, CorruptChunk
 
 
 def locate_chunks(
-    table: bytes | bytearray | memoryview,
+    table: pure.ReadableBuffer,
     table_offset: int,
     blob_count: int,
     first: int,
@@ -89,7 +89,7 @@ _CHUNK_MESSAGES = {
 
 def decompress_batch(
     compressor: int,
-    source: bytes | bytearray | memoryview,
+    source: pure.ReadableBuffer,
     chunks: Sequence[pure.StoredChunk],
     output: bytearray | memoryview,
 ) -> None:

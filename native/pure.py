@@ -15,6 +15,7 @@ buffer, an output buffer of the wrong length) raise `ValueError`. `rafs.errors` 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Sequence
 
@@ -38,6 +39,8 @@ COMPRESSOR_LZ4_BLOCK = 2
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 U64_LIMIT = 1 << 64
 
+# What the functions read: the bootstrap (bytes, or an mmap of its file) or fetched blob bytes.
+ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
 # One wanted piece of a chunk: (chunk index in the table, start in the chunk, length).
 ChunkPiece = tuple[int, int, int]
 # One stored chunk in a batch: (offset in source, stored length, compressed?, uncompressed size).
@@ -52,7 +55,7 @@ def check_u64(**values: int) -> None:
 
 
 def locate_chunks(
-    table: bytes | bytearray | memoryview,
+    table: ReadableBuffer,
     table_offset: int,
     blob_count: int,
     first: int,
@@ -130,7 +133,7 @@ def locate_chunks(
 
 
 def check_batch(
-    source: bytes | bytearray | memoryview,
+    source: ReadableBuffer,
     chunks: Sequence[StoredChunk],
     output: bytearray | memoryview,
 ) -> None:
@@ -188,7 +191,7 @@ def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool
 
 def decompress_batch(
     compressor: int,
-    source: bytes | bytearray | memoryview,
+    source: ReadableBuffer,
     chunks: Sequence[StoredChunk],
     output: bytearray | memoryview,
 ) -> None:

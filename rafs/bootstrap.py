@@ -8,12 +8,12 @@ garbage.
 
 from __future__ import annotations
 
-import bisect
 import mmap
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import native
 from rafs import layout
 from rafs.errors import CorruptBootstrap, UnknownFeature, UnsupportedVersion
 from rafs.records import BlobRecord, ChunkRecord, ChunkSlice, DirEntry, Inode
@@ -270,29 +270,27 @@ class Bootstrap:
         return [self.chunk(inode.data_start + i) for i in range(inode.data_count)]
 
     def chunk_span(self, ino: int, offset: int, size: int) -> list[ChunkSlice]:
-        """The chunks covering file bytes [offset, offset+size), clipped to the file's end."""
+        """The chunks covering file bytes [offset, offset+size), clipped to the file's end.
+
+        The search over the file's chunk run is `native.locate_chunks` (C, or its twin)."""
         inode = self.inode(ino)
-        end = min(offset + size, inode.size)
-        if not inode.is_reg or offset >= end:
+        if not inode.is_reg:
             return []
-        first, count = inode.data_start, inode.data_count
-        # Chunks are in file order; find the last chunk starting at or before `offset`.
-        offsets = _ChunkOffsets(self, first, count)
-        position = bisect.bisect_right(offsets, offset) - 1
-        slices: list[ChunkSlice] = []
-        cursor = offset
-        while cursor < end:
-            if position < 0 or position >= count:
-                raise CorruptBootstrap(f"inode {ino}: no chunk covers offset {cursor}")
-            record = self.chunk(first + position)
-            chunk_end = record.file_offset + record.uncompressed_size
-            if not record.file_offset <= cursor < chunk_end:
-                raise CorruptBootstrap(f"inode {ino}: chunk {first + position} does not cover offset {cursor}")
-            length = min(chunk_end, end) - cursor
-            slices.append(ChunkSlice(first + position, record, cursor - record.file_offset, length))
-            cursor += length
-            position += 1
-        return slices
+        sb = self.superblock
+        try:
+            pieces = native.locate_chunks(
+                self.buffer,
+                sb.chunk_table_offset,
+                sb.blob_count,
+                inode.data_start,
+                inode.data_count,
+                inode.size,
+                offset,
+                size,
+            )
+        except CorruptBootstrap as error:
+            raise CorruptBootstrap(f"inode {ino}: {error}") from None
+        return [ChunkSlice(index, self.chunk(index), start, length) for index, start, length in pieces]
 
     def prefetch_inodes(self) -> list[int]:
         sb = self.superblock
@@ -300,20 +298,3 @@ class Bootstrap:
             layout.PREFETCH.unpack_from(self.buffer, sb.prefetch_table_offset + i * layout.PREFETCH.size)[0]
             for i in range(sb.prefetch_count)
         ]
-
-
-class _ChunkOffsets:
-    """A lazy sequence of a file's chunk file offsets, for `bisect` without building a list."""
-
-    def __init__(self, bootstrap: Bootstrap, first: int, count: int) -> None:
-        self.bootstrap = bootstrap
-        self.first = first
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> int:
-        sb = self.bootstrap.superblock
-        position = sb.chunk_table_offset + (self.first + index) * layout.CHUNK.size + 24
-        return int.from_bytes(self.bootstrap.buffer[position : position + 8], "little")
