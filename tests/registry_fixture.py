@@ -67,7 +67,7 @@ class RunningRegistry:
                 self.process.wait(timeout=10)
 
 
-def _write_config(root: Path, port: int, auth: dict[str, object] | None) -> Path:
+def _write_config(root: Path, port: int, auth: dict[str, object] | None, tls: dict[str, str] | None) -> Path:
     """The registry's YAML config. JSON is valid YAML, so it is written with `json`."""
     config: dict[str, object] = {
         "version": 0.1,
@@ -77,12 +77,16 @@ def _write_config(root: Path, port: int, auth: dict[str, object] | None) -> Path
     }
     if auth:
         config["auth"] = auth
+    if tls:
+        config["http"]["tls"] = tls  # type: ignore[index]
     path = root / "config.yml"
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
-def start_registry(root: Path, auth: dict[str, object] | None = None) -> RunningRegistry:
+def start_registry(
+    root: Path, auth: dict[str, object] | None = None, tls: dict[str, str] | None = None
+) -> RunningRegistry:
     """Start `docker-registry` on a free loopback port and wait until `/v2/` answers."""
     if not shutil.which(REGISTRY_BINARY):
         pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
@@ -90,7 +94,7 @@ def start_registry(root: Path, auth: dict[str, object] | None = None) -> Running
     last_error = ""
     for _ in range(3):  # a port taken between probing and binding: try another
         port = free_port()
-        config = _write_config(root, port, auth)
+        config = _write_config(root, port, auth, tls)
         log_path = root / f"registry-{port}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
@@ -100,10 +104,10 @@ def start_registry(root: Path, auth: dict[str, object] | None = None) -> Running
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                answer = requests.get(f"{running.url}/v2/", timeout=1)
+                answer = requests.get(f"{'https' if tls else 'http'}://{running.host}/v2/", timeout=1, verify=False)
                 if answer.status_code in (200, 401):
                     return running
-            except requests.ConnectionError:
+            except requests.ConnectionError:  # includes TLS errors while it starts
                 time.sleep(0.05)
         last_error = running.log()
         running.stop()
@@ -132,6 +136,51 @@ def basic_registry(tmp_path: Path) -> Iterator[RunningRegistry]:
     htpasswd.write_text(entry.stdout.strip() + "\n")
     running = start_registry(root, {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}})
     running.username, running.password = USERNAME, PASSWORD
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def self_signed_certificate(directory: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate (and key) valid for 127.0.0.1, written as PEM; returns (certificate, key)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path, key_path = directory / "tls.crt", directory / "tls.key"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certificate_path, key_path
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[RunningRegistry]:
+    """A registry serving HTTPS with a self-signed certificate for 127.0.0.1."""
+    pytest.importorskip("cryptography")
+    root = tmp_path / "registry"
+    root.mkdir()
+    certificate, key = self_signed_certificate(root)
+    running = start_registry(root, tls={"certificate": str(certificate), "key": str(key)})
     try:
         yield running
     finally:

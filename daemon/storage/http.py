@@ -18,6 +18,7 @@ from typing import IO
 
 import requests
 import requests.adapters
+import urllib3
 
 from daemon.storage.backend import BackendError, BlobNotFound, RangeNotSatisfied, TransientError, check_blob_id
 from rafs.errors import ConfigError
@@ -39,6 +40,10 @@ class RemoteError(BackendError):
 
 class RemoteUnavailable(RemoteError, TransientError):
     """Every attempt failed with a connection error, a truncated body, 429 or 5xx."""
+
+
+class TlsError(RemoteError):
+    """The TLS handshake failed (untrusted certificate, or not a TLS server): not retried."""
 
 
 class TruncatedBody(Exception):
@@ -69,6 +74,9 @@ class HttpTransport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.verify = not self.options.skip_verify
+        if self.options.skip_verify:
+            log.warning("TLS certificates will not be verified (skip_verify)")
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above, not per request
         self.session.headers.update({"User-Agent": "nydus-py", **self.options.headers})
         self.session.trust_env = False  # a proxy from the environment must not redirect loopback traffic
         self._closed = threading.Event()
@@ -117,6 +125,8 @@ class HttpTransport:
                     finally:
                         response.close()
                 return response
+            except requests.exceptions.SSLError as error:
+                raise TlsError(f"TLS handshake failed: {_tls_reason(error)}", url=url) from None
             except (
                 requests.ConnectionError,
                 requests.Timeout,
@@ -148,6 +158,18 @@ def _retry_after_s(response: requests.Response) -> float:
         return float(value)
     except ValueError:
         return 0.0
+
+
+def _tls_reason(error: Exception) -> str:
+    text = str(error)
+    for marker, reason in (
+        ("CERTIFICATE_VERIFY_FAILED", "certificate not trusted (skip_verify to accept it)"),
+        ("WRONG_VERSION_NUMBER", "the server does not speak TLS (plain HTTP?)"),
+        ("doesn't match", "certificate is for another host name"),
+    ):
+        if marker in text:
+            return reason
+    return type(error).__name__
 
 
 def _describe(error: Exception) -> str:

@@ -2,7 +2,8 @@
 
 Faults: "drop" (close the connection without answering), an HTTP status such as "500" or "429"
 (answered by the proxy itself), "truncate" (forward, but send only half the body promised) and
-"redirect" (307 to the same path on the upstream, as registries do to blob storage). Each
+"redirect" (307 to the same path on the upstream, as registries do to blob storage) and
+"stall" (wait `stall_s` before forwarding, to outlast a client's read timeout). Each
 injected fault applies to the next matching request only, so a test scripts a sequence.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,6 +31,7 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.faults: list[Fault] = []
+        self.stall_s = 2.0
         self.seen: list[tuple[str, str, str]] = []  # (method, path, what happened)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -80,6 +83,8 @@ class FaultProxy:
                 if fault.isdigit():
                     self._answer(int(fault), {"Retry-After": "0"} if fault == "429" else {}, b"")
                     return
+                if fault == "stall":
+                    time.sleep(proxy.stall_s)
                 if fault == "redirect":
                     self._answer(307, {"Location": f"http://{proxy.upstream}{self.path}"}, b"")
                     return

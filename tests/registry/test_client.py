@@ -173,3 +173,20 @@ def test_backend_from_nydusd_config(registry: RunningRegistry, client: RegistryC
         configured.close()
     with pytest.raises(ConfigError, match=r"device\.backend\.config\.colour"):
         RegistryBackend.from_config({**config, "colour": "blue"})
+
+
+def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None:
+    from daemon.storage.http import HttpOptions, TlsError
+
+    ref = ImageReference.parse(f"{tls_registry.host}/secure/app")
+    data = b"over https"
+    trusting = RegistryClient(RegistryOptions(http=HttpOptions(skip_verify=True), plain_http=False, docker_config=""))
+    assert trusting.push_blob(ref, sha256_digest(data), data)
+    assert trusting.read_blob_range(ref, sha256_digest(data), 5, 5) == b"https"
+
+    verifying = RegistryClient(RegistryOptions(plain_http=False, docker_config=""))
+    with pytest.raises(TlsError, match="certificate not trusted"):
+        verifying.read_blob(ref, sha256_digest(data))
+    plain = RegistryClient(RegistryOptions(docker_config=""))  # loopback defaults to plain HTTP
+    with pytest.raises(Exception, match="HTTP 400"):
+        plain.read_blob(ref, sha256_digest(data))

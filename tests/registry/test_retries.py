@@ -7,6 +7,7 @@ import functools
 import http.server
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,18 @@ def test_transient_faults_are_retried(proxy: FaultProxy, pushed: tuple[str, byte
     assert client.read_blob_range(ref, digest, 1000, 5000) == layer[1000:6000]
     proxy.inject(fault, "/blobs/", method="GET")
     assert client.read_blob(ref, digest) == layer
+
+
+def test_a_stalled_answer_times_out_and_is_retried(proxy: FaultProxy, pushed: tuple[str, bytes, bytes]) -> None:
+    repo, layer, _ = pushed
+    ref = ImageReference.parse(f"{proxy.host}/{repo}")
+    proxy.stall_s = 1.5
+    proxy.inject("stall", "/blobs/", method="GET")
+    impatient = HttpOptions(timeout_s=0.3, connect_timeout_s=1, retry_limit=2, backoff_s=0.01)
+    started = time.monotonic()
+    assert through(proxy, impatient).read_blob_range(ref, sha256_digest(layer), 0, 100) == layer[:100]
+    assert time.monotonic() - started < 1.4
+    assert proxy.count("GET", "/blobs/") == 2
 
 
 def test_truncated_download_is_fetched_again(
