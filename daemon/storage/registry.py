@@ -393,6 +393,7 @@ class RegistryClient:
             if 200 <= response.status_code < 300:
                 return response
             log.info("mirror %s answered HTTP %d; trying the next", endpoint.host, response.status_code)
+            response.close()
         origin = endpoints[-1]
         return self._send(
             method, origin, origin.base_url + path, ref.repository, headers=headers, on_success=on_success
