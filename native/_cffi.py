@@ -7,6 +7,7 @@ the twin raises. Importing this module raises ImportError when the extension is 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from native import pure
@@ -33,13 +34,51 @@ def locate_chunks(
         offset=offset,
         size=size,
     )
-    # Every piece is at least one byte of a distinct chunk, so this many always suffice.
-    capacity = max(0, min(count, min(offset + size, file_size) - offset))
-    chunk_indexes = ffi.new("uint64_t[]", capacity)
-    starts = ffi.new("uint64_t[]", capacity)
-    lengths = ffi.new("uint64_t[]", capacity)
-    error = ffi.new("struct rafs_locate_error *")
-    found = lib.rafs_locate_chunks(
+    scratch = _scratch()
+    found = _locate(scratch, table, table_offset, blob_count, first, count, file_size, offset, size)
+    if found == lib.RAFS_ERR_CAPACITY:
+        # Every piece is at least one byte of a distinct chunk, so this many always suffice.
+        scratch = _Scratch(max(0, min(count, min(offset + size, file_size) - offset)))
+        found = _locate(scratch, table, table_offset, blob_count, first, count, file_size, offset, size)
+    if found < 0:
+        raise _locate_error(found, scratch.error, len(table), first, count)
+    pieces = scratch.pieces
+    return [(pieces[3 * i], pieces[3 * i + 1], pieces[3 * i + 2]) for i in range(found)]
+
+
+class _Scratch:
+    """Output arrays for `rafs_locate_chunks`: room for `capacity` pieces, stored as triples."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pieces = ffi.new("uint64_t[]", 3 * capacity)
+        self.error = ffi.new("struct rafs_locate_error *")
+
+
+_SCRATCH_PIECES = 64  # a 128 KiB read touches one or two chunks; more takes the slow path
+_local = threading.local()
+
+
+def _scratch() -> _Scratch:
+    """This thread's reusable arrays (the C call runs without the GIL, so never shared)."""
+    scratch: _Scratch | None = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = _Scratch(_SCRATCH_PIECES)
+    return scratch
+
+
+def _locate(
+    scratch: _Scratch,
+    table: pure.ReadableBuffer,
+    table_offset: int,
+    blob_count: int,
+    first: int,
+    count: int,
+    file_size: int,
+    offset: int,
+    size: int,
+) -> int:
+    found: int = lib.rafs_locate_chunks(
         ffi.from_buffer("uint8_t[]", table),
         len(table),
         table_offset,
@@ -49,15 +88,11 @@ def locate_chunks(
         file_size,
         offset,
         size,
-        chunk_indexes,
-        starts,
-        lengths,
-        capacity,
-        error,
+        scratch.pieces,
+        scratch.capacity,
+        scratch.error,
     )
-    if found < 0:
-        raise _locate_error(found, error, len(table), first, count)
-    return [(chunk_indexes[i], starts[i], lengths[i]) for i in range(found)]
+    return found
 
 
 def _locate_error(status: int, error: object, table_len: int, first: int, count: int) -> Exception:

@@ -37,7 +37,7 @@ ffibuilder.cdef(
     struct rafs_locate_error { uint64_t chunk_index; uint64_t cursor; uint64_t value; };
     int64_t rafs_locate_chunks(const uint8_t *table, size_t table_len, uint64_t table_offset, uint64_t blob_count,
                                uint64_t first, uint64_t count, uint64_t file_size, uint64_t offset, uint64_t size,
-                               uint64_t *chunk_indexes, uint64_t *starts, uint64_t *lengths, size_t capacity,
+                               uint64_t *pieces, size_t capacity,
                                struct rafs_locate_error *error);
     int rafs_decompress_batch(int compressor, const uint8_t *source, size_t source_len, const uint64_t *offsets,
                               const uint64_t *stored_lengths, const uint8_t *compressed, const uint64_t *sizes,

@@ -43,7 +43,7 @@ static int read_chunk(const uint8_t *table, size_t table_len, uint64_t run_start
 
 int64_t rafs_locate_chunks(const uint8_t *table, size_t table_len, uint64_t table_offset, uint64_t blob_count,
                            uint64_t first, uint64_t count, uint64_t file_size, uint64_t offset, uint64_t size,
-                           uint64_t *chunk_indexes, uint64_t *starts, uint64_t *lengths, size_t capacity,
+                           uint64_t *pieces, size_t capacity,
                            struct rafs_locate_error *error) {
     memset(error, 0, sizeof *error);
     /* The whole run must lie inside the buffer: run_start + count * 64 <= table_len. */
@@ -92,9 +92,9 @@ int64_t rafs_locate_chunks(const uint8_t *table, size_t table_len, uint64_t tabl
         uint64_t length = head.uncompressed_size - start;
         if (length > end - cursor) length = end - cursor;
         if (found == capacity) return RAFS_ERR_CAPACITY;
-        chunk_indexes[found] = first + index_in_run;
-        starts[found] = start;
-        lengths[found] = length;
+        pieces[3 * found] = first + index_in_run;
+        pieces[3 * found + 1] = start;
+        pieces[3 * found + 2] = length;
         found++;
         cursor += length;
     }

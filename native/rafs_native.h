@@ -39,11 +39,11 @@ struct rafs_locate_error {
 };
 
 /* The chunks of a file covering [offset, offset+size) clipped to file_size; see
- * native/pure.py:locate_chunks. Writes up to `capacity` pieces into the three arrays and returns
- * how many, or a negative RAFS_ERR_* with details in *error. */
+ * native/pure.py:locate_chunks. Writes up to `capacity` pieces into `pieces` as triples (chunk
+ * index, start in chunk, length) and returns how many, or a negative RAFS_ERR_* with details in *error. */
 int64_t rafs_locate_chunks(const uint8_t *table, size_t table_len, uint64_t table_offset, uint64_t blob_count,
                            uint64_t first, uint64_t count, uint64_t file_size, uint64_t offset, uint64_t size,
-                           uint64_t *chunk_indexes, uint64_t *starts, uint64_t *lengths, size_t capacity,
+                           uint64_t *pieces, size_t capacity,
                            struct rafs_locate_error *error);
 
 /* Decompress `count` stored chunks of `source` back to back into `output`; see

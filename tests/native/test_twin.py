@@ -11,7 +11,7 @@ from collections.abc import Callable
 import lz4.block
 import pytest
 import zstandard
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from native import pure
@@ -78,13 +78,13 @@ def test_demanding_c_without_extension_raises(monkeypatch: pytest.MonkeyPatch) -
 
 
 @st.composite
-def chunk_tables(draw: st.DrawFn) -> tuple[bytes, int, int, int, int, int, list[int], bool]:
+def chunk_tables(draw: st.DrawFn, corrupt: bool = True) -> tuple[bytes, int, int, int, int, int, list[int], bool]:
     """(buffer, table_offset, blob_count, first, count, file_size, edges, corrupted): a file's chunk
     run inside a larger buffer; valid most of the time, corrupt or truncated some of the time."""
     huge = draw(st.booleans())
     size_strategy = st.integers(1 << 31, U32_MAX) if huge else st.integers(1, 0x10000)
     sizes = draw(st.lists(size_strategy, max_size=12))
-    blob_count = draw(st.integers(0, 3))
+    blob_count = draw(st.integers(0 if corrupt else 1, 3))
     records = []
     file_offset = 0
     edges = [0]
@@ -95,7 +95,9 @@ def chunk_tables(draw: st.DrawFn) -> tuple[bytes, int, int, int, int, int, list[
         file_offset += size
         edges.append(file_offset)
     file_size = file_offset
-    corruption = draw(st.sampled_from(["none", "none", "field", "file_size", "truncate", "count"]))
+    corruption = draw(
+        st.sampled_from(["none", "none", "field", "file_size", "truncate", "count"] if corrupt else ["none"])
+    )
     if corruption == "field" and records:
         record = draw(st.sampled_from(records))
         field = draw(st.sampled_from([0, 1, 4, 5]))
@@ -154,8 +156,8 @@ def test_locate_chunks_twin(data: st.DataObject) -> None:
 
 @given(data=st.data())
 def test_locate_chunks_matches_reference_on_valid_tables(data: st.DataObject) -> None:
-    buffer, table_offset, blob_count, first, count, file_size, edges, corrupted = data.draw(chunk_tables())
-    assume(not corrupted and blob_count > 0)
+    buffer, table_offset, blob_count, first, count, file_size, edges, corrupted = data.draw(chunk_tables(corrupt=False))
+    assert not corrupted and blob_count > 0
     offset, size = data.draw(ranges(edges, file_size))
     result = outcome(
         lambda: pure.locate_chunks(buffer, table_offset, blob_count, first, count, file_size, offset, size)
@@ -290,3 +292,17 @@ def test_decompress_batch_rejects_read_only_output() -> None:
     for function in (pure.decompress_batch, _cffi.decompress_batch):
         with pytest.raises(TypeError):
             function(pure.COMPRESSOR_NONE, b"ab", [(0, 2, False, 2)], memoryview(b"xy"))
+
+
+@needs_c
+@pytest.mark.parametrize("corrupt_at", [None, 70, 99])
+def test_locate_chunks_beyond_scratch_capacity(corrupt_at: int | None) -> None:
+    """More pieces than the C wrapper's per-thread scratch holds (64) takes the retry path."""
+    records = [[0, 0, 0, 10, 10, 10 * index] for index in range(100)]
+    if corrupt_at is not None:
+        records[corrupt_at][5] += 1
+    table = b"".join(RECORD.pack(*record, bytes(32)) for record in records)
+    arguments = (table, 0, 1, 0, 100, 1000, 5, 990)
+    expected = outcome(lambda: pure.locate_chunks(*arguments))
+    assert expected[0] == ("ok" if corrupt_at is None else "error")
+    assert outcome(lambda: _cffi.locate_chunks(*arguments)) == expected
