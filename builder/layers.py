@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -122,6 +123,63 @@ def iter_tar_layer(path: str, layer: str | None = None) -> Iterator[tuple[LayerE
         yield from iter_tar_stream(raw, name)
 
 
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError, ValueError)
+_PAX_RECORD = re.compile(rb"([1-9][0-9]*) ")
+
+
+def check_pax_records(data: bytes) -> None:
+    """Raise `tarfile.ReadError` unless `data` is a sequence of `LENGTH KEY=VALUE\n` records.
+
+    Python's tarfile stops parsing at the first malformed record and ignores the rest, so
+    garbage in a PAX header would silently drop metadata (names, sizes, xattrs)."""
+    position = 0
+    while position < len(data):
+        match = _PAX_RECORD.match(data, position)
+        if match is None:
+            raise tarfile.ReadError(f"malformed pax record at byte {position}")
+        end = position + int(match.group(1))
+        record = data[match.end() : end]
+        if end > len(data) or not record.endswith(b"\n") or b"=" not in record or record.startswith(b"="):
+            raise tarfile.ReadError(f"malformed pax record at byte {position}")
+        position = end
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses malformed PAX headers instead of skipping what follows the damage."""
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        fileobj = tarfile.fileobj
+        size = self.size
+        read = fileobj.read
+
+        def read_and_check(length: int) -> bytes:
+            del fileobj.read  # only the header's own records are checked
+            data: bytes = read(length)
+            check_pax_records(data[:size])
+            return data
+
+        fileobj.read = read_and_check  # type: ignore[method-assign]
+        try:
+            return super()._proc_pax(tarfile)  # type: ignore[misc,no-any-return]
+        finally:
+            fileobj.__dict__.pop("read", None)
+
+
+class _MemberData:
+    """A member's data stream whose decoding errors become a `BuildError` naming the entry."""
+
+    def __init__(self, data: IO[bytes], layer: str, entry: str) -> None:
+        self.data = data
+        self.layer = layer
+        self.entry = entry
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.data.read(size)
+        except _STREAM_ERRORS as error:
+            raise BuildError(f"unreadable file data: {error}", layer=self.layer, entry=self.entry) from None
+
+
 def iter_tar_stream(raw: IO[bytes], layer: str) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
     """Entries of a tar stream; wraps every decoding failure into one `BuildError`."""
     magic = raw.read(4)
@@ -133,27 +191,21 @@ def iter_tar_stream(raw: IO[bytes], layer: str) -> Iterator[tuple[LayerEntry, IO
             mode="r|",
             encoding="utf-8",
             errors="surrogateescape",
+            tarinfo=_StrictTarInfo,
         ) as archive:
             for member in archive:
                 current = member.name
                 entry = _entry_from_member(member, layer)
-                data = archive.extractfile(member) if entry.kind == FILE else None
-                yield entry, data
+                extracted = archive.extractfile(member) if entry.kind == FILE else None
+                data = _MemberData(extracted, layer, member.name) if extracted is not None else None
+                yield entry, data  # type: ignore[misc]
                 if data is not None:
                     # The consumer should have read everything; make sure the tar stays aligned.
                     while data.read(1 << 20):
                         pass
     except BuildError:
         raise
-    except (
-        tarfile.TarError,
-        EOFError,
-        zlib.error,
-        gzip.BadGzipFile,
-        zstandard.ZstdError,
-        OSError,
-        ValueError,
-    ) as error:
+    except _STREAM_ERRORS as error:
         where = f" after entry {current!r}" if current else " at its start"
         raise BuildError(f"unreadable tar stream{where}: {error}", layer=layer) from None
 
