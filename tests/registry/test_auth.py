@@ -15,6 +15,7 @@ import pytest
 from daemon.storage.http import HttpOptions
 from daemon.storage.registry import AuthError, RegistryClient, RegistryOptions, sha256_digest
 from rafs.oci import ImageReference
+from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry
 
@@ -80,17 +81,20 @@ def test_basic_without_or_with_wrong_credentials(basic_registry: RunningRegistry
 
 
 def test_nydusify_reports_wrong_credentials_in_one_line(basic_registry: RunningRegistry, tmp_path: Path) -> None:
-    config = write_docker_config(tmp_path / "docker", basic_registry.host, "alice", "wrong")
-    environment = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "builder.nydusify", "convert", "--source", f"{basic_registry.host}/private/app",
-         "--target", f"{basic_registry.host}/private/app:nydus"],
-        capture_output=True, text=True, env=environment, timeout=60, cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
-    assert time.monotonic() - started < 10
-    assert result.returncode == AuthError.exit_code
+    proxy = FaultProxy(basic_registry.host)  # only to count what reaches the registry
+    try:
+        config = write_docker_config(tmp_path / "docker", proxy.host, "alice", "wrong")
+        environment = {**os.environ, "DOCKER_CONFIG": str(config.parent)}
+        result = subprocess.run(
+            [sys.executable, "-m", "builder.nydusify", "convert", "--source", f"{proxy.host}/private/app",
+             "--target", f"{proxy.host}/private/app:nydus"],
+            capture_output=True, text=True, env=environment, timeout=60, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    assert result.returncode == AuthError.exit_code, result.stderr
     assert result.stderr.count("\n") == 1 and "refused the credentials" in result.stderr, result.stderr
+    assert proxy.count("GET", "/manifests/") == 2, "one anonymous try, one with the login, no retries"
 
 
 # ---- Bearer
