@@ -45,8 +45,8 @@ class BlobWriter:
     blob_id: str = ""
 
     def __post_init__(self) -> None:
-        self.head = tempfile.TemporaryFile(dir=self.directory)
-        self.body = tempfile.TemporaryFile(dir=self.directory)
+        self.head = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed in finish or discard
+        self.body = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed in finish or discard
 
     def add(self, data: bytes, prefetch_rank: int | None) -> StoredChunk:
         stored, compressed = compress_chunk(data, self.compressor)

@@ -364,8 +364,13 @@ def build(
     """Build `sources` into `bootstrap_path` and blobs in `blob_dir`; all or nothing."""
     options = options or BuildOptions()
     layers = resolve_sources(source_type, sources)
+    created_blob_dir = not os.path.isdir(blob_dir)
     os.makedirs(blob_dir, exist_ok=True)
-    builder = Builder(blob_dir, options)
+    try:
+        builder = Builder(blob_dir, options)
+    except BaseException:
+        _remove_if_created(blob_dir, created_blob_dir)
+        raise
     try:
         if options.parent_bootstrap:
             builder.add_bootstrap_layer(open_bootstrap(options.parent_bootstrap), "parent", as_dictionary=False)
@@ -376,7 +381,17 @@ def build(
         return builder.write(bootstrap_path)
     except BaseException:
         builder.discard()
+        _remove_if_created(blob_dir, created_blob_dir)
         raise
+
+
+def _remove_if_created(directory: str, created: bool) -> None:
+    """A failed build leaves no trace: remove the blob directory if it made it and it is empty."""
+    if created:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
 
 
 def merge(layer_bootstraps: Sequence[str], bootstrap_path: str, options: BuildOptions | None = None) -> BuildResult:

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from builder import check as checks
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
@@ -29,9 +30,16 @@ def _chunk_size(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit code 2, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nydus-image", description="Build and inspect lazy-loading image bootstraps.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="nydus-image", description="Build and inspect lazy-loading image bootstraps.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     create = commands.add_parser("create", help="build a bootstrap and blobs from layers or a directory")
     create.add_argument("sources", nargs="+", metavar="SOURCE")
