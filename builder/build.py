@@ -150,9 +150,10 @@ class Builder:
         self.store = ChunkStore(options.chunk_size, options.digester, options.compressor, self._new_writer)
         self.overlay = Overlay()
         self.result = BuildResult()
-        self.prefetch_rank = {
-            normalize_path(path, "--prefetch-files"): rank for rank, path in enumerate(options.prefetch_files)
-        }
+        # Prefetch lists name image paths, usually absolute ("/usr/bin/sh") as in Nydus.
+        self.prefetch_rank: dict[bytes, int] = {}
+        for rank, path in enumerate(options.prefetch_files):
+            self.prefetch_rank.setdefault(normalize_path(path.lstrip(b"/"), "--prefetch-files"), rank)
         self.progress = _Progress(options.progress)
 
     def _new_writer(self) -> BlobWriter:
