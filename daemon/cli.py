@@ -10,12 +10,17 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
 import trio
 
-from daemon.config import default_config, load_config
+from daemon.config import default_config, image_config, load_config, read_config_file
 from daemon.serve import ServeOptions, serve
+from daemon.storage.backend import BlobBackend
+from daemon.storage.image import fetch_bootstrap
+from daemon.storage.registry import RegistryBackend
 from rafs.errors import NydusError
+from rafs.oci import ImageReference
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -29,12 +34,36 @@ LOG_LEVELS = {
 
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(prog="nydusd", description="Mount a RAFS bootstrap over FUSE.")
-    result.add_argument("--bootstrap", required=True, help="bootstrap file of the image")
+    source = result.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bootstrap", help="bootstrap file of the image")
+    source.add_argument("--image", metavar="REF", help="host[:port]/repo[:tag|@digest] of a converted image")
     result.add_argument("--mountpoint", required=True, help="directory to mount on")
     result.add_argument("--config", help="nydusd JSON config; default: localfs backend in the bootstrap's directory")
+    result.add_argument("--plain-http", action="store_true", help="--image: plain HTTP (default only for loopback)")
     result.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     result.add_argument("--no-allow-other", action="store_true", help="only the mounting user may access the mount")
     return result
+
+
+def default_work_dir() -> str:
+    """Where `--image` keeps bootstraps and chunks when the config names no blobcache."""
+    if os.geteuid() == 0:
+        return "/var/lib/nydus-py/cache"
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-py")
+
+
+def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
+    """For `--image`: the registry backend and the bootstrap fetched (or reused) from the registry."""
+    ref = ImageReference.parse(args.image)
+    data = read_config_file(args.config) if args.config else None
+    config = image_config(data, ref, plain_http=args.plain_http, work_dir=default_work_dir())
+    backend = RegistryBackend.from_config(config.backend.options)
+    try:
+        bootstrap = fetch_bootstrap(backend.client, ref, config.cache.work_dir)
+    except BaseException:
+        backend.close()
+        raise
+    return ServeOptions(bootstrap, args.mountpoint, config, allow_other=not args.no_allow_other), backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.image:
+            options, backend = image_options(args)
+            trio.run(partial(serve, options, backend=backend))
+            return 0
         if args.config:
             config = load_config(args.config)
         else:

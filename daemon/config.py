@@ -9,12 +9,15 @@ silently ignored typo in a deployment file costs more than a refused start.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from daemon.storage.http import HttpBackend
+from daemon.storage.registry import RegistryBackend
 from rafs.errors import ConfigError
+from rafs.oci import ImageReference
 
-BACKEND_TYPES = ("localfs",)
-LATER_BACKEND_TYPES = ("http", "registry")
+BACKEND_TYPES = ("localfs", "http", "registry")
 CACHE_TYPES = ("blobcache", "")
 MODES = ("direct", "cached")
 
@@ -28,8 +31,12 @@ class LocalFsConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
+    """`type` and its options: `localfs` for "localfs"; for "http" and "registry" the raw
+    `config` object, already checked by that backend's `from_config` when the file was read."""
+
     type: str
-    localfs: LocalFsConfig
+    localfs: LocalFsConfig = field(default_factory=lambda: LocalFsConfig(""))
+    options: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,11 +114,12 @@ def _backend(obj: JsonObject) -> BackendConfig:
     where = "device.backend."
     _only(obj, where, ("type", "config"))
     backend_type = _str(obj, "type", where, None)
-    if backend_type in LATER_BACKEND_TYPES:
-        raise ConfigError(f"config key {where}type: backend {backend_type!r} is not available yet")
     if backend_type not in BACKEND_TYPES:
         raise ConfigError(f"config key {where}type: unknown backend {backend_type!r}")
     options = _object(obj.get("config", {}), where + "config")
+    if backend_type != "localfs":
+        check_remote_backend(backend_type, options)
+        return BackendConfig(backend_type, options=options)
     _only(options, where + "config.", ("dir",))
     return BackendConfig(backend_type, LocalFsConfig(_str(options, "dir", where + "config.", None)))
 
@@ -143,6 +151,12 @@ def _prefetch(obj: JsonObject) -> PrefetchConfig:
     )
 
 
+def check_remote_backend(backend_type: str, options: Mapping[str, object]) -> None:
+    """Have the backend read its options now, so a bad key stops the start, not the first read."""
+    factory = HttpBackend.from_config if backend_type == "http" else RegistryBackend.from_config
+    factory(options).close()
+
+
 def parse_config(data: object) -> DaemonConfig:
     """A `DaemonConfig` from decoded JSON; `ConfigError` naming the first bad key."""
     top = _object(data, "")
@@ -167,16 +181,44 @@ def parse_config(data: object) -> DaemonConfig:
     )
 
 
-def load_config(path: str) -> DaemonConfig:
-    """Read and check a config file."""
+def read_config_file(path: str) -> object:
+    """The decoded JSON of a config file."""
     try:
         with open(path, encoding="utf-8") as file:
-            data = json.load(file)
+            return json.load(file)
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"config file {path}: not JSON: {error}") from None
-    return parse_config(data)
+
+
+def load_config(path: str) -> DaemonConfig:
+    """Read and check a config file."""
+    return parse_config(read_config_file(path))
+
+
+def image_config(data: object | None, image: ImageReference, *, plain_http: bool, work_dir: str) -> DaemonConfig:
+    """The config for `nydusd --image`: a registry backend whose `host` and `repo` are the image's.
+
+    `data` (a decoded config file, or None) may leave out the backend or its host and repo; its
+    other registry options (auth, mirrors, timeouts) are kept. Without a blobcache, one in
+    `work_dir` is added: the bootstrap is kept there too.
+    """
+    top = dict(_object(data, "")) if data is not None else {}
+    device = dict(_object(top.get("device", {}), "device"))
+    backend = dict(_object(device.get("backend", {"type": "registry"}), "device.backend"))
+    if backend.get("type", "registry") != "registry":
+        raise ConfigError(f"config key device.backend.type: --image needs 'registry', not {backend['type']!r}")
+    options = dict(_object(backend.get("config", {}), "device.backend.config"))
+    options.update(host=image.registry, repo=image.repository)
+    if plain_http:
+        options["scheme"] = "http"
+    device["backend"] = {"type": "registry", "config": options}
+    cache = _object(device.get("cache", {}), "device.cache")
+    if cache.get("type") != "blobcache":
+        device["cache"] = {"type": "blobcache", "config": {"work_dir": work_dir}}
+    top["device"] = device
+    return parse_config(top)
 
 
 def default_config(blob_dir: str) -> DaemonConfig:

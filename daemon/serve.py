@@ -26,7 +26,9 @@ from daemon.mountpoint import mounts_at, prepare_mountpoint
 from daemon.reader import FileReader
 from daemon.storage.backend import BlobBackend
 from daemon.storage.cache import ChunkCache, DiskChunkCache, MemoryChunkCache
+from daemon.storage.http import HttpBackend
 from daemon.storage.localfs import LocalFsBackend
+from daemon.storage.registry import RegistryBackend
 from rafs.mapped import open_bootstrap
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,11 @@ class ServeOptions:
 
 
 def open_backend(config: BackendConfig) -> BlobBackend:
-    """The configured backend; new backend types slot in here."""
+    """The configured backend: `localfs`, `http` (a URL prefix) or `registry`."""
+    if config.type == "http":
+        return HttpBackend.from_config(config.options)
+    if config.type == "registry":
+        return RegistryBackend.from_config(config.options)
     return LocalFsBackend(config.localfs.dir)
 
 

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from daemon.config import default_config, load_config, parse_config
+from daemon.config import default_config, image_config, load_config, parse_config
 from rafs.errors import ConfigError
+from rafs.oci import ImageReference
 
 FULL = {
     "device": {
@@ -52,7 +53,8 @@ def test_defaults() -> None:
         (lambda c: c["fs_prefetch"].update(merging_size="1M"), "fs_prefetch.merging_size"),
         (lambda c: c.update(mode="fast"), "mode"),
         (lambda c: c["device"]["backend"].update(type="s3"), "device.backend.type"),
-        (lambda c: c["device"]["backend"].update(type="registry"), "device.backend.type"),
+        (lambda c: c["device"]["backend"].update(type="registry"), "device.backend.config.dir"),
+        (lambda c: c["device"]["backend"].update(type="http"), "device.backend.config.dir"),
         (lambda c: c["device"]["backend"]["config"].pop("dir"), "device.backend.config.dir"),
         (lambda c: c["device"]["cache"]["config"].pop("work_dir"), "device.cache.config.work_dir"),
         (lambda c: c["device"].pop("backend"), "device.backend"),
@@ -74,3 +76,27 @@ def test_unreadable_files(tmp_path: os.PathLike[str]) -> None:
         file.write("{")
     with pytest.raises(ConfigError, match="not JSON"):
         load_config(broken)
+
+
+def test_remote_backends_are_checked_when_read() -> None:
+    http = parse_config({"device": {"backend": {"type": "http", "config": {"url": "http://h/blobs", "timeout": 3}}}})
+    assert http.backend.type == "http" and http.backend.options["url"] == "http://h/blobs"
+    registry = {"type": "registry", "config": {"host": "h:5000", "repo": "r", "scheme": "http", "retry_limit": 1}}
+    assert parse_config({"device": {"backend": registry}}).backend.options["repo"] == "r"
+    with pytest.raises(ConfigError, match=r"config key device[.]backend[.]config[.]host:"):
+        parse_config({"device": {"backend": {"type": "registry", "config": {"repo": "r"}}}})
+    with pytest.raises(ConfigError, match=r"config key device[.]backend[.]config[.]url:"):
+        parse_config({"device": {"backend": {"type": "http", "config": {"url": "ftp://h"}}}})
+
+
+def test_image_config_takes_host_and_repo_from_the_reference() -> None:
+    ref = ImageReference.parse("127.0.0.1:5000/library/app:1")
+    config = image_config(None, ref, plain_http=True, work_dir="/cache")
+    assert config.backend.type == "registry"
+    assert dict(config.backend.options) == {"host": "127.0.0.1:5000", "repo": "library/app", "scheme": "http"}
+    assert (config.cache.type, config.cache.work_dir) == ("blobcache", "/cache")
+    given = {"device": {"backend": {"type": "registry", "config": {"retry_limit": 5}}}, "digest_validate": True}
+    kept = image_config(given, ref, plain_http=False, work_dir="/cache")
+    assert kept.backend.options["retry_limit"] == 5 and "scheme" not in kept.backend.options
+    with pytest.raises(ConfigError, match="--image needs 'registry'"):
+        image_config({"device": {"backend": {"type": "localfs"}}}, ref, plain_http=False, work_dir="/c")
