@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run a command in a container whose root is a nydusd mount, as a container runtime would.
 
-    scripts/run_container.py --bootstrap IMAGE.boot --config nydusd.json --workdir DIR \
-        [--user UID:GID] [--keep] -- /bin/sh -c 'cat /etc/os-release'
+    scripts/run_container.py (--bootstrap IMAGE.boot | --image REF [--plain-http]) [--config nydusd.json] \
+        --workdir DIR [--user UID:GID] [--keep] -- /bin/sh -c 'cat /etc/os-release'
 
 Steps: `nydusd` mounts the image read-only at DIR/lower; an overlay of it with a writable
 DIR/upper becomes the bundle's rootfs; `runc spec` writes the OCI config, which gets the
@@ -65,14 +65,24 @@ def write_spec(bundle: str, command: list[str], uid: int, gid: int, hostname: st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--config", required=True, help="nydusd JSON config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bootstrap")
+    source.add_argument("--image", help="a converted image in a registry (nydusd --image)")
+    parser.add_argument("--plain-http", action="store_true", help="with --image: plain HTTP to the registry")
+    parser.add_argument("--config", help="nydusd JSON config (required with --bootstrap)")
     parser.add_argument("--workdir", required=True, help="holds the mounts, upper layer and bundle")
     parser.add_argument("--user", default="0:0", help="UID:GID of the container's process")
     parser.add_argument("--keep", action="store_true", help="keep the upper layer afterwards")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args()
     uid, gid = (int(part) for part in args.user.split(":"))
+    if args.image:
+        image_source = ["--image", args.image, *(["--plain-http"] if args.plain_http else [])]
+    elif args.config:
+        image_source = ["--bootstrap", args.bootstrap]
+    else:
+        parser.error("--bootstrap needs --config")
+    config = ["--config", args.config] if args.config else []
     work = os.path.abspath(args.workdir)
     lower, upper, overlay_work = (os.path.join(work, name) for name in ("lower", "upper", "overlay-work"))
     bundle = os.path.join(work, "bundle")
@@ -82,7 +92,7 @@ def main() -> int:
     container_id = f"nydus-{uuid.uuid4().hex[:12]}"
     log = open(os.path.join(work, "nydusd.log"), "ab")  # noqa: SIM115 (lives as long as the daemon)
     daemon = subprocess.Popen(
-        [*nydusd_command(), "--bootstrap", args.bootstrap, "--mountpoint", lower, "--config", args.config],
+        [*nydusd_command(), *image_source, "--mountpoint", lower, *config],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,

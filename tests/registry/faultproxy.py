@@ -1,10 +1,12 @@
 """A small HTTP proxy on loopback that forwards to one upstream and injects scripted faults.
 
 Faults: "drop" (close the connection without answering), an HTTP status such as "500" or "429"
-(answered by the proxy itself), "truncate" (forward, but send only half the body promised) and
-"redirect" (307 to the same path on the upstream, as registries do to blob storage) and
+(answered by the proxy itself), "truncate" (forward, but send only half the body promised),
+"redirect" (307 to the same path on the upstream, as registries do to blob storage),
+"flip" (forward with one byte of the body inverted, as a faulty link or cache would) and
 "stall" (wait `stall_s` before forwarding, to outlast a client's read timeout). Each
 injected fault applies to the next matching request only, so a test scripts a sequence.
+`bytes_sent` counts the body bytes that reached the client, for tests of lazy loading.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.stall_s = 2.0
         self.seen: list[tuple[str, str, str]] = []  # (method, path, what happened)
+        self.sent: list[tuple[str, str, int]] = []  # (method, path, body bytes sent)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -50,6 +53,15 @@ class FaultProxy:
     def count(self, method: str, path_part: str) -> int:
         with self.lock:
             return sum(1 for seen_method, path, _ in self.seen if seen_method == method and path_part in path)
+
+    def bytes_sent(self, path_part: str = "", method: str = "GET") -> int:
+        """Body bytes sent to the client for requests whose path contains `path_part`."""
+        with self.lock:
+            return sum(size for seen_method, path, size in self.sent if seen_method == method and path_part in path)
+
+    def _sent(self, method: str, path: str, size: int) -> None:
+        with self.lock:
+            self.sent.append((method, path, size))
 
     def _take(self, method: str, path: str) -> str:
         with self.lock:
@@ -89,6 +101,9 @@ class FaultProxy:
                     self._answer(307, {"Location": f"http://{proxy.upstream}{self.path}"}, b"")
                     return
                 status, headers, data = self._forward(body)
+                if fault == "flip" and data:
+                    middle = len(data) // 2
+                    data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
                 if fault == "truncate" and len(data) > 1:
                     self.send_response(status)
                     for name, value in headers:
@@ -97,6 +112,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
+                    proxy._sent(self.command, self.path, len(data) // 2)
                     self.close_connection = True
                     return
                 self._answer(status, dict(headers), data)
@@ -129,6 +145,7 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                    proxy._sent(self.command, self.path, len(data))
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _any
 

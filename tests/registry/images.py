@@ -57,7 +57,12 @@ class OciImage:
 
 
 def make_image(specs: list[LayerSpec]) -> OciImage:
-    layers, diff_ids = zip(*(make_layer(spec) for spec in specs), strict=True)
+    return image_of_layers([make_layer(spec) for spec in specs])
+
+
+def image_of_layers(made: list[tuple[bytes, str]]) -> OciImage:
+    """An image of gzip layers given with their diff_ids (see `make_layer`)."""
+    layers, diff_ids = zip(*made, strict=True)
     config = {
         "architecture": "amd64",
         "os": "linux",

@@ -1,0 +1,115 @@
+"""Helpers for `nydusd --image` tests: a directory pushed as an OCI image, converted with
+`nydusify convert`, and a daemon that mounts the result straight from the registry."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
+from rafs.oci import ImageReference
+from tests.daemon.nydusd import NYDUSD, REPO, Daemon, answers, force_unmount, is_mounted
+from tests.reference import walk_directory
+from tests.registry.images import image_of_layers, push_image
+
+MTIME_S = 1_700_000_000
+
+
+def fix_mtimes(root: str) -> None:
+    """Whole-second mtimes everywhere, so a tar layer (seconds) carries them exactly."""
+    for _, full in walk_directory(root):
+        os.utime(full, ns=(MTIME_S * 10**9, MTIME_S * 10**9), follow_symlinks=False)
+
+
+def directory_layer(root: str) -> tuple[bytes, str]:
+    """`root` as a gzip layer (hard links kept) and its diff_id; the root entry is left out."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for relative, full in sorted(walk_directory(root))[1:]:
+            info = tar.gettarinfo(os.fsdecode(full), arcname=relative)
+            if info.isreg():
+                with open(full, "rb") as file:
+                    tar.addfile(info, file)
+            else:
+                tar.addfile(info)
+    return gzip.compress(raw.getvalue(), mtime=0), sha256_digest(raw.getvalue())
+
+
+def push_directory(registry_host: str, repository: str, root: str) -> ImageReference:
+    """Push `root` as a one-layer OCI image; returns its reference."""
+    ref = ImageReference.parse(f"{registry_host}/{repository}:src")
+    client = RegistryClient(RegistryOptions(docker_config=""))
+    try:
+        push_image(client, ref, image_of_layers([directory_layer(root)]))
+    finally:
+        client.close()
+    return ref
+
+
+def convert(source: ImageReference, work_dir: str, *extra: str) -> ImageReference:
+    """`nydusify convert` of `source` to the tag `nydus` beside it."""
+    target = ImageReference.parse(f"{source.registry}/{source.repository}:nydus")
+    command = [
+        sys.executable, "-m", "builder.nydusify", "convert", "--source", str(source), "--target", str(target),
+        "--work-dir", work_dir, *extra,
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr
+    return target
+
+
+def write_image_config(path: str, work_dir: str, *, backend: dict[str, object] | None = None, **top: object) -> str:
+    """A config for `--image`: a blobcache in `work_dir`, registry options from `backend`."""
+    device: dict[str, object] = {"cache": {"type": "blobcache", "config": {"work_dir": work_dir}}}
+    if backend is not None:
+        device["backend"] = {"type": "registry", "config": backend}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump({"device": device, **top}, file)
+    return path
+
+
+def start_image_daemon(
+    image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = (), timeout_s: float = 60.0
+) -> Daemon:
+    """`nydusd --image` running and mounted; raises with its log if it does not mount."""
+    os.makedirs(mountpoint, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [*NYDUSD, "--image", image, "--mountpoint", mountpoint, "--config", config, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    daemon = Daemon(process, mountpoint, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"nydusd exited with {process.returncode}:\n{daemon.log()}")
+        if is_mounted(mountpoint) and answers(mountpoint):
+            return daemon
+        time.sleep(0.02)
+    daemon.stop(signal.SIGKILL)
+    force_unmount(mountpoint)
+    raise AssertionError(f"nydusd did not mount within {timeout_s} s:\n{daemon.log()}")
+
+
+@contextmanager
+def image_mounted(
+    image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = ()
+) -> Iterator[Daemon]:
+    """A mounted `nydusd --image` for the `with` body; stopped and unmounted on every exit."""
+    daemon = start_image_daemon(image, mountpoint, config, log_path, extra=extra)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        force_unmount(mountpoint)

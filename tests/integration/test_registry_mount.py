@@ -1,0 +1,131 @@
+"""`nydusd --image` against a real registry: a pushed OCI image, converted with `nydusify`, mounted
+lazily over FUSE, compared with its source tree, run as a container, and read without fetching
+more than the chunks read (counted by a proxy between the daemon and the registry)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rafs.mapped import open_bootstrap
+from tests.daemon.images import debian_root
+from tests.daemon.nydusd import REPO, is_mounted, requires_fuse
+from tests.integration.registry_mount import (
+    convert,
+    fix_mtimes,
+    image_mounted,
+    push_directory,
+    write_image_config,
+)
+from tests.reference import diff, snapshot_directory
+from tests.registry.faultproxy import FaultProxy
+from tests.registry_fixture import RunningRegistry, start_registry
+
+pytestmark = [pytest.mark.fuse, requires_fuse]
+
+BIG_FILES = 4
+BIG_FILE_BYTES = 3 << 20
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    registry: RunningRegistry
+    source_dir: str
+    ref: str  # the converted image
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PushedImage]:
+    """A busybox root plus 12 MiB of incompressible files, pushed and converted (one per module)."""
+    base = tmp_path_factory.mktemp("registry-image")
+    running = start_registry(base / "registry")
+    try:
+        source = debian_root(str(base / "src"))
+        rng = random.Random(4)
+        os.makedirs(os.path.join(source, "data"))
+        for number in range(BIG_FILES):
+            with open(os.path.join(source, "data", f"big{number}"), "wb") as file:
+                file.write(rng.randbytes(BIG_FILE_BYTES))
+        fix_mtimes(source)
+        target = convert(push_directory(running.host, "library/busybox", source), str(base / "convert"))
+        yield PushedImage(running, source, str(target))
+    finally:
+        running.stop()
+
+
+def test_image_mount_matches_source(pushed: PushedImage, tmp_path: Path) -> None:
+    config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+    expected = snapshot_directory(pushed.source_dir)
+    with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+        actual = snapshot_directory(daemon.mountpoint)
+    assert diff(expected, actual, ignore_root=True) == []
+    assert len(actual) == len(expected) > 100
+    # A second start reuses the bootstrap kept in the work dir (by the layer's digest).
+    with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+        reread = Path(daemon.mountpoint, "etc/os-release").read_bytes()
+    assert reread == Path(pushed.source_dir, "etc/os-release").read_bytes()
+    assert "already in" in daemon.log()
+
+
+def test_missing_image_is_one_line_and_no_mount(pushed: PushedImage, tmp_path: Path) -> None:
+    config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    completed = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--image", f"{pushed.host}/library/absent:1", "--mountpoint",
+         str(mountpoint), "--config", config],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert completed.stderr.strip().splitlines()[-1].startswith("nydusd: ")
+    assert not is_mounted(str(mountpoint))
+
+
+def test_small_read_fetches_only_its_chunks(pushed: PushedImage, tmp_path: Path) -> None:
+    proxy = FaultProxy(pushed.host)
+    try:
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+            bootstrap_path = next((tmp_path / "cache" / "bootstraps").glob("*.boot"))
+            bootstrap = open_bootstrap(bootstrap_path)
+            blob_ids = [blob.blob_id for blob in bootstrap.blobs]
+            assert sum(proxy.bytes_sent(blob_id) for blob_id in blob_ids) == 0, "mounting fetched blob data"
+            with open(os.path.join(daemon.mountpoint, "etc/os-release"), "rb") as file:
+                assert file.read() == Path(pushed.source_dir, "etc/os-release").read_bytes()
+            fetched = sum(proxy.bytes_sent(blob_id) for blob_id in blob_ids)
+        ino = bootstrap.resolve("/etc/os-release")
+        assert ino is not None
+        wanted = sum(chunk.compressed_size for chunk in bootstrap.chunks(ino))
+        image_bytes = sum(blob.compressed_size for blob in bootstrap.blobs)
+        print(f"small read on a cold mount: {fetched} blob bytes fetched of {image_bytes} ({wanted} wanted)")
+        assert fetched == wanted
+        assert image_bytes > BIG_FILES * BIG_FILE_BYTES
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc")
+def test_container_runs_on_image(pushed: PushedImage, tmp_path: Path) -> None:
+    config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "run_container.py"), "--image", pushed.ref, "--config", config,
+         "--workdir", str(tmp_path / "work"), "--", "/bin/sh", "-c", "cat /etc/os-release; wc -c /data/big0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr + Path(tmp_path / "work" / "nydusd.log").read_text()
+    assert "ID=debian" in completed.stdout.splitlines()
+    assert f"{BIG_FILE_BYTES} /data/big0" in completed.stdout
+    assert not is_mounted(str(tmp_path / "work" / "lower"))
