@@ -2,7 +2,8 @@
 
 Blocking work never runs on the event loop: cache reads and backend fetches go to worker
 threads, each under its own `CapacityLimiter`, so readers of cached data keep going while every
-fetch thread waits on a slow backend. Concurrent misses of one chunk are fetched once: the
+fetch thread waits on a slow backend. Whether a chunk is cached is known without I/O
+(`ChunkCache.has`), so a miss costs one thread hop, not two. Concurrent misses of one chunk are fetched once: the
 first reader registers a flight in `_flights` and fetches; later readers wait on its event and
 share its result. Claiming a flight has no `await` between the check and the insert, so two
 tasks cannot both claim one chunk (the event loop runs one task at a time between awaits).
@@ -18,7 +19,7 @@ import trio
 
 from daemon.storage.backend import BackendError, BlobBackend
 from daemon.storage.cache import ChunkCache, ChunkKey
-from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks
+from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks, read_cached
 from rafs.bootstrap import Bootstrap
 from rafs.records import ChunkSlice
 
@@ -64,6 +65,7 @@ class ChunkSource:
         self.cache_limiter = trio.CapacityLimiter(cache_threads)
         self.stats = ChunkStats()
         self._flights: dict[ChunkKey, _Flight] = {}
+        cache.prepare(blob.blob_id for blob in bootstrap.blobs)
 
     def request(self, piece: ChunkSlice) -> ChunkRequest:
         return ChunkRequest(piece.chunk_index, piece.record, self.bootstrap.blobs[piece.record.blob_index])
@@ -71,19 +73,20 @@ class ChunkSource:
     async def read(self, pieces: Sequence[ChunkSlice]) -> list[bytes]:
         """The bytes of every slice, in order; the first failing chunk's error is raised."""
         out: list[bytes | None] = [bytes(piece.length) if piece.record.is_zero else None for piece in pieces]
-        wanted = [
-            (position, self.request(piece), piece) for position, piece in enumerate(pieces) if out[position] is None
-        ]
-        if not wanted:
-            return [part or b"" for part in out]
-        cached = await trio.to_thread.run_sync(self._read_cached, wanted, limiter=self.cache_limiter)
+        hits: list[tuple[int, ChunkRequest, ChunkSlice]] = []
         misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
-        for item, data in zip(wanted, cached, strict=True):
-            if data is None:
-                misses.append(item)
-            else:
-                out[item[0]] = data
-        self.stats.cache_hits += len(wanted) - len(misses)
+        for position, piece in enumerate(pieces):
+            if out[position] is None:
+                request = self.request(piece)
+                (hits if self.cache.has(request.key) else misses).append((position, request, piece))
+        if hits:
+            cached = await trio.to_thread.run_sync(self._read_cached, hits, limiter=self.cache_limiter)
+            for item, data in zip(hits, cached, strict=True):
+                if data is None:
+                    misses.append(item)
+                else:
+                    out[item[0]] = data[item[2].start : item[2].start + item[2].length]
+            self.stats.cache_hits += len(hits)
         if misses:
             chunks = await self._fetch([request for _, request, _ in misses])
             for position, request, piece in misses:
@@ -95,7 +98,7 @@ class ChunkSource:
         return [part if part is not None else b"" for part in out]
 
     def _read_cached(self, wanted: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
-        return [self.cache.get(request.key, piece.start, piece.length) for _, request, piece in wanted]
+        return [read_cached(self.cache, request, self.bootstrap.digester, self.validate) for _, request, _ in wanted]
 
     async def _fetch(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
         """Whole chunks for `requests`: claim the ones nobody fetches, wait for the others."""
@@ -137,7 +140,7 @@ class ChunkSource:
         results: dict[ChunkKey, ChunkResult] = {}
         missing: list[ChunkRequest] = []
         for request in requests:
-            data = self.cache.get(request.key, 0, request.record.uncompressed_size)
+            data = read_cached(self.cache, request, self.bootstrap.digester, self.validate)
             if data is None:
                 missing.append(request)
             else:

@@ -234,7 +234,8 @@ class RafsOperations(pyfuse3.Operations):
         """File handles are inode numbers; nothing to free."""
 
     async def flush(self, fh: int) -> None:
-        """Nothing is ever dirty."""
+        """Nothing is ever dirty: ENOSYS tells the kernel to stop sending flushes on close."""
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- every write answers EROFS ---------------------------------------------------------------
 

@@ -1,26 +1,33 @@
-"""The chunk cache: verified, uncompressed chunks, so a chunk is fetched from a backend once.
+"""The chunk cache: verified chunks on local disk, so each is fetched from a backend once.
 
-`DiskChunkCache` keeps one file per chunk under `work_dir/<blob_id>/`, named by the chunk's
-offset in its blob. A chunk is written to a temporary name and renamed into place only after
-its digest was verified, so a crash leaves either the whole chunk or nothing under its name;
-leftover temporaries are removed the next time the blob's directory is opened. The cache is
-shared by every mount (blobs are named by content, so ids never collide) and survives
-restarts. `MemoryChunkCache` is a small LRU for mounts configured without a cache directory.
-Synchronous, thread-safe; no event loop here.
+`DiskChunkCache` mirrors each blob sparsely: `work_dir/<blob_id>.blob.data` holds a chunk's
+stored bytes at the chunk's own offset in the blob, and `work_dir/<blob_id>.chunk_map` is an
+append-only log of the offsets whose chunk is complete. A chunk is published by writing its
+bytes first and appending its offset second, and only chunks that passed verification are
+published, so a crash between the two leaves the chunk absent (it is fetched again), never
+half-present; a torn record at the log's end is ignored. Locations are fixed by the blob's
+layout, so several daemons may share one `work_dir` (they write identical bytes to identical
+places), and the cache survives restarts. Caching stored bytes keeps one layout for every
+compressor; a hit is decompressed again, which costs less than the fetch it saves.
+
+`MemoryChunkCache` is a small LRU for mounts configured without a cache directory.
+Synchronous and thread-safe; no event loop here.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from daemon.storage.backend import check_blob_id
 from rafs.errors import NydusError
 
-_TEMP_PREFIX = ".tmp-"
+_OFFSET = struct.Struct("<Q")
 
 
 class CacheError(NydusError):
@@ -31,27 +38,56 @@ class CacheError(NydusError):
 
 @dataclass(frozen=True, slots=True)
 class ChunkKey:
-    """A stored chunk: its blob, its offset in the blob and its uncompressed size."""
+    """A stored chunk: its blob, and where its stored bytes lie in the blob."""
 
     blob_id: str
     compressed_offset: int
-    uncompressed_size: int
+    compressed_size: int
 
 
 class ChunkCache(Protocol):
-    """What the read path needs of a cache; `put` only ever receives verified bytes."""
+    """What the read path needs of a cache; `put` only ever receives verified chunks."""
 
-    def get(self, key: ChunkKey, start: int, length: int) -> bytes | None:
-        """Bytes [start, start+length) of the chunk, or None if it is not cached."""
+    def prepare(self, blob_ids: Iterable[str]) -> None:
+        """Load what is known about these blobs, so `has` answers without I/O."""
         ...
 
-    def put(self, key: ChunkKey, data: bytes) -> None:
-        """Publish a whole verified chunk."""
+    def has(self, key: ChunkKey) -> bool:
+        """Whether the chunk is cached; cheap, no I/O."""
         ...
+
+    def get(self, key: ChunkKey) -> bytes | None:
+        """The chunk's stored bytes, or None if it is not cached."""
+        ...
+
+    def put(self, key: ChunkKey, stored: bytes) -> None:
+        """Publish a verified chunk's stored bytes (again, to repair a damaged copy)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _BlobFiles:
+    """The data file, the log and the set of complete offsets of one blob."""
+
+    def __init__(self, work_dir: str, blob_id: str) -> None:
+        check_blob_id(blob_id)
+        base = os.path.join(work_dir, blob_id)
+        self.data = os.open(base + ".blob.data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.log = os.open(base + ".chunk_map", os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        raw = b""
+        while part := os.read(self.log, 1 << 20):
+            raw += part
+        whole = len(raw) - len(raw) % _OFFSET.size  # a torn last record is not a record
+        self.ready = {offset for (offset,) in _OFFSET.iter_unpack(raw[:whole])}
+
+    def close(self) -> None:
+        os.close(self.data)
+        os.close(self.log)
 
 
 class DiskChunkCache:
-    """Chunk files under `work_dir`; see the module docstring for the crash-safety argument."""
+    """Sparse blob mirrors under `work_dir`; see the module docstring for the crash argument."""
 
     def __init__(self, work_dir: str) -> None:
         try:
@@ -59,61 +95,54 @@ class DiskChunkCache:
         except OSError as error:
             raise CacheError(f"cache directory {work_dir}: {error.strerror}") from None
         self.work_dir = work_dir
-        self._swept: set[str] = set()
+        self._blobs: dict[str, _BlobFiles] = {}
         self._lock = threading.Lock()
 
-    def _blob_dir(self, blob_id: str) -> str:
-        """The blob's directory, created and swept of a crashed run's temporaries on first use."""
-        check_blob_id(blob_id)
-        directory = os.path.join(self.work_dir, blob_id)
-        with self._lock:
-            if blob_id in self._swept:
-                return directory
-            os.makedirs(directory, exist_ok=True)
-            for name in os.listdir(directory):
-                if name.startswith(_TEMP_PREFIX):
+    def _files(self, blob_id: str) -> _BlobFiles:
+        files = self._blobs.get(blob_id)
+        if files is None:
+            with self._lock:
+                files = self._blobs.get(blob_id)
+                if files is None:
                     try:
-                        os.unlink(os.path.join(directory, name))
-                    except FileNotFoundError:
-                        pass
-            self._swept.add(blob_id)
-        return directory
+                        files = self._blobs[blob_id] = _BlobFiles(self.work_dir, blob_id)
+                    except OSError as error:
+                        raise CacheError(f"cache of blob {blob_id[:16]}: {error.strerror}") from None
+        return files
 
-    def path_of(self, key: ChunkKey) -> str:
-        return os.path.join(self._blob_dir(key.blob_id), f"{key.compressed_offset:016x}")
+    def prepare(self, blob_ids: Iterable[str]) -> None:
+        for blob_id in blob_ids:
+            self._files(blob_id)
 
-    def get(self, key: ChunkKey, start: int, length: int) -> bytes | None:
-        path = self.path_of(key)
-        try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+    def has(self, key: ChunkKey) -> bool:
+        files = self._blobs.get(key.blob_id)
+        return files is not None and key.compressed_offset in files.ready
+
+    def get(self, key: ChunkKey) -> bytes | None:
+        files = self._files(key.blob_id)
+        if key.compressed_offset not in files.ready:
             return None
-        try:
-            if os.fstat(descriptor).st_size != key.uncompressed_size:
-                # Not one of ours (e.g. truncated by a full disk before rename): drop it.
-                os.unlink(path)
-                return None
-            return os.pread(descriptor, length, start)
-        finally:
-            os.close(descriptor)
+        stored = os.pread(files.data, key.compressed_size, key.compressed_offset)
+        return stored if len(stored) == key.compressed_size else None
 
-    def put(self, key: ChunkKey, data: bytes) -> None:
-        path = self.path_of(key)
-        temporary = f"{os.path.dirname(path)}/{_TEMP_PREFIX}{key.compressed_offset:x}.{threading.get_ident()}"
+    def put(self, key: ChunkKey, stored: bytes) -> None:
+        files = self._files(key.blob_id)
         try:
-            with open(temporary, "wb") as file:
-                file.write(data)
-            os.rename(temporary, path)
+            os.pwrite(files.data, stored, key.compressed_offset)
+            os.write(files.log, _OFFSET.pack(key.compressed_offset))
         except OSError as error:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise CacheError(f"cannot store chunk in {self.work_dir}: {error.strerror}") from None
+            raise CacheError(f"cannot store a chunk in {self.work_dir}: {error.strerror}") from None
+        files.ready.add(key.compressed_offset)
+
+    def close(self) -> None:
+        with self._lock:
+            for files in self._blobs.values():
+                files.close()
+            self._blobs.clear()
 
 
 class MemoryChunkCache:
-    """A bounded LRU of chunks in memory, for mounts without a cache directory."""
+    """A bounded LRU of stored chunks in memory, for mounts without a cache directory."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
@@ -121,20 +150,30 @@ class MemoryChunkCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: ChunkKey, start: int, length: int) -> bytes | None:
-        with self._lock:
-            data = self._chunks.get(key)
-            if data is None:
-                return None
-            self._chunks.move_to_end(key)
-        return data[start : start + length]
+    def prepare(self, blob_ids: Iterable[str]) -> None:
+        """Nothing to load: a memory cache starts empty."""
 
-    def put(self, key: ChunkKey, data: bytes) -> None:
+    def has(self, key: ChunkKey) -> bool:
+        return key in self._chunks
+
+    def get(self, key: ChunkKey) -> bytes | None:
         with self._lock:
-            if key in self._chunks or len(data) > self.max_bytes:
+            stored = self._chunks.get(key)
+            if stored is not None:
+                self._chunks.move_to_end(key)
+            return stored
+
+    def put(self, key: ChunkKey, stored: bytes) -> None:
+        with self._lock:
+            if key in self._chunks or len(stored) > self.max_bytes:
                 return
-            self._chunks[key] = data
-            self._bytes += len(data)
+            self._chunks[key] = stored
+            self._bytes += len(stored)
             while self._bytes > self.max_bytes:
                 _, evicted = self._chunks.popitem(last=False)
                 self._bytes -= len(evicted)
+
+    def close(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0

@@ -31,7 +31,7 @@ class ChunkRequest:
 
     @property
     def key(self) -> ChunkKey:
-        return ChunkKey(self.blob.blob_id, self.record.compressed_offset, self.record.uncompressed_size)
+        return ChunkKey(self.blob.blob_id, self.record.compressed_offset, self.record.compressed_size)
 
 
 ChunkResult = bytes | NydusError
@@ -71,34 +71,38 @@ def decode(request: ChunkRequest, stored: bytes, digester: int, validate: bool) 
 
 def fetch_run(
     backend: BlobBackend, run: Sequence[ChunkRequest], digester: int, validate: bool
-) -> dict[ChunkKey, ChunkResult]:
-    """Read one run with a single range request and decode each chunk on its own."""
+) -> tuple[dict[ChunkKey, ChunkResult], dict[ChunkKey, bytes]]:
+    """Read one run with a single range request and decode each chunk on its own.
+
+    Returns every chunk's bytes or error, and the stored bytes of the chunks that verified.
+    """
     start = run[0].record.compressed_offset
     end = run[-1].record.compressed_offset + run[-1].record.compressed_size
     try:
-        stored = backend.read_range(run[0].blob.blob_id, start, end - start)
+        stored_run = backend.read_range(run[0].blob.blob_id, start, end - start)
     except BackendError as error:
-        return {request.key: error for request in run}
+        return {request.key: error for request in run}, {}
     results: dict[ChunkKey, ChunkResult] = {}
+    verified: dict[ChunkKey, bytes] = {}
     for request in run:
         position = request.record.compressed_offset - start
+        stored = stored_run[position : position + request.record.compressed_size]
         try:
-            results[request.key] = decode(
-                request, stored[position : position + request.record.compressed_size], digester, validate
-            )
+            results[request.key] = decode(request, stored, digester, validate)
         except ChunkError as error:
             results[request.key] = error
-    return results
+        else:
+            verified[request.key] = stored
+    return results, verified
 
 
-def publish(cache: ChunkCache, results: dict[ChunkKey, ChunkResult]) -> None:
+def publish(cache: ChunkCache, verified: dict[ChunkKey, bytes]) -> None:
     """Store verified chunks; a cache that cannot store is logged, never fatal to a read."""
-    for key, result in results.items():
-        if isinstance(result, bytes):
-            try:
-                cache.put(key, result)
-            except CacheError as error:
-                log.warning("chunk not cached: %s", error)
+    for key, stored in verified.items():
+        try:
+            cache.put(key, stored)
+        except CacheError as error:
+            log.warning("chunk not cached: %s", error)
 
 
 def fetch_chunks(
@@ -113,7 +117,19 @@ def fetch_chunks(
     """Every requested chunk's bytes or the error that stopped it; verified chunks are cached."""
     results: dict[ChunkKey, ChunkResult] = {}
     for run in merge_ranges(requests, merging_size):
-        run_results = fetch_run(backend, run, digester, validate)
-        publish(cache, run_results)
+        run_results, verified = fetch_run(backend, run, digester, validate)
+        publish(cache, verified)
         results.update(run_results)
     return results
+
+
+def read_cached(cache: ChunkCache, request: ChunkRequest, digester: int, validate: bool) -> bytes | None:
+    """A cached chunk's bytes, or None if it is absent or its copy no longer decodes."""
+    stored = cache.get(request.key)
+    if stored is None:
+        return None
+    try:
+        return decode(request, stored, digester, validate)
+    except ChunkError as error:
+        log.warning("cached copy dropped, fetching again: %s", error)
+        return None

@@ -62,7 +62,7 @@ def test_adjacent_misses_are_one_range(image: tuple[str, str, bytes], tmp_path: 
     results = fetch_chunks(backend, cache, requests, digester=0, validate=True, merging_size=1 << 20)
     assert backend.ranges == [(0, len(data))]
     assert b"".join(results[request.key] for request in requests) == data  # type: ignore[misc]
-    assert all(cache.get(request.key, 0, 4096) is not None for request in requests)
+    assert all(cache.get(request.key) is not None for request in requests)
 
 
 def test_corrupt_chunk_is_isolated_and_not_cached(image: tuple[str, str, bytes], tmp_path: os.PathLike[str]) -> None:
@@ -79,7 +79,7 @@ def test_corrupt_chunk_is_isolated_and_not_cached(image: tuple[str, str, bytes],
     error = results[requests[3].key]
     assert isinstance(error, ChunkDigestMismatch)
     assert error.chunk_index == requests[3].chunk_index and requests[0].blob.blob_id[:16] in str(error)
-    assert cache.get(requests[3].key, 0, 4096) is None
+    assert cache.get(requests[3].key) is None and not cache.has(requests[3].key)
     for index in (0, 1, 2, 4, 5, 6, 7):
         assert results[requests[index].key] == data[index * 4096 : (index + 1) * 4096]
     unverified = fetch_chunks(
