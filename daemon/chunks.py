@@ -70,8 +70,12 @@ class ChunkSource:
     def request(self, piece: ChunkSlice) -> ChunkRequest:
         return ChunkRequest(piece.chunk_index, piece.record, self.bootstrap.blobs[piece.record.blob_index])
 
-    async def read(self, pieces: Sequence[ChunkSlice]) -> list[bytes]:
-        """The bytes of every slice, in order; the first failing chunk's error is raised."""
+    async def read(self, pieces: Sequence[ChunkSlice], ahead: Sequence[ChunkSlice] = ()) -> list[bytes]:
+        """The bytes of every slice, in order; the first failing chunk's error is raised.
+
+        `ahead` (readahead) chunks that are not cached join the fetch of this read's misses, in
+        the same merged ranges; they are only cached, and their failures are not this read's.
+        """
         out: list[bytes | None] = [bytes(piece.length) if piece.record.is_zero else None for piece in pieces]
         hits: list[tuple[int, ChunkRequest, ChunkSlice]] = []
         misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
@@ -88,7 +92,9 @@ class ChunkSource:
                     out[item[0]] = data[item[2].start : item[2].start + item[2].length]
             self.stats.cache_hits += len(hits)
         if misses:
-            chunks = await self._fetch([request for _, request, _ in misses])
+            extra = [self.request(piece) for piece in ahead if not piece.record.is_zero]
+            extra = [request for request in extra if not self.cache.has(request.key)]
+            chunks = await self._fetch([request for _, request, _ in misses] + extra)
             for position, request, piece in misses:
                 result = chunks[request.key]
                 if not isinstance(result, bytes):
@@ -99,6 +105,10 @@ class ChunkSource:
 
     def _read_cached(self, wanted: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
         return [read_cached(self.cache, request, self.bootstrap.digester, self.validate) for _, request, _ in wanted]
+
+    async def fetch(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
+        """Whole chunks into the cache (single flight) for prefetch and readahead; errors are returned."""
+        return await self._fetch(requests)
 
     async def _fetch(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
         """Whole chunks for `requests`: claim the ones nobody fetches, wait for the others."""

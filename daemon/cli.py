@@ -14,12 +14,12 @@ from functools import partial
 
 import trio
 
-from daemon.config import default_config, image_config, load_config, read_config_file
+from daemon.config import DaemonConfig, default_config, image_config, load_config, read_config_file
 from daemon.serve import ServeOptions, serve
 from daemon.storage.backend import BlobBackend
 from daemon.storage.image import fetch_bootstrap
 from daemon.storage.registry import RegistryBackend
-from rafs.errors import NydusError
+from rafs.errors import ConfigError, NydusError
 from rafs.oci import ImageReference
 
 LOG_LEVELS = {
@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--mountpoint", required=True, help="directory to mount on")
     result.add_argument("--config", help="nydusd JSON config; default: localfs backend in the bootstrap's directory")
     result.add_argument("--plain-http", action="store_true", help="--image: plain HTTP (default only for loopback)")
+    result.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to prefetch after mounting")
+    result.add_argument("--trace-out", metavar="FILE", help="write each file's path in first-access order")
     result.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     result.add_argument("--no-allow-other", action="store_true", help="only the mounting user may access the mount")
     return result
@@ -63,7 +65,30 @@ def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
     except BaseException:
         backend.close()
         raise
-    return ServeOptions(bootstrap, args.mountpoint, config, allow_other=not args.no_allow_other), backend
+    return serve_options(args, bootstrap, config), backend
+
+
+def read_path_list(path: str | None) -> tuple[bytes, ...] | None:
+    """`--prefetch-files`: one absolute path a line; blank lines and `#` comments skipped."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            lines = [line.strip() for line in file.read().splitlines()]
+    except OSError as error:
+        raise ConfigError(f"--prefetch-files {path}: {error.strerror}") from None
+    return tuple(line for line in lines if line and not line.startswith(b"#"))
+
+
+def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig) -> ServeOptions:
+    return ServeOptions(
+        bootstrap,
+        args.mountpoint,
+        config,
+        allow_other=not args.no_allow_other,
+        prefetch_files=read_path_list(args.prefetch_files),
+        trace_out=args.trace_out,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config)
         else:
             config = default_config(os.path.dirname(os.path.abspath(args.bootstrap)))
-        options = ServeOptions(args.bootstrap, args.mountpoint, config, allow_other=not args.no_allow_other)
-        trio.run(serve, options)
+        trio.run(serve, serve_options(args, args.bootstrap, config))
     except NydusError as error:
         print(f"nydusd: {error}", file=sys.stderr)
         return error.exit_code

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import pyfuse3
 
 from daemon.reader import FileReader
+from daemon.trace import AccessTrace
 from rafs import layout
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
@@ -69,11 +70,14 @@ class RafsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, bootstrap: Bootstrap, reader: FileReader, *, enable_xattr: bool = True) -> None:
+    def __init__(
+        self, bootstrap: Bootstrap, reader: FileReader, *, enable_xattr: bool = True, trace: AccessTrace | None = None
+    ) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.reader = reader
         self.enable_xattr = enable_xattr
+        self.trace = trace
         self._names: dict[int, tuple[int, bytes]] = {}
         self._fs_blocks = sum(blob.uncompressed_size for blob in bootstrap.blobs) // BLOCK_SIZE
 
@@ -90,6 +94,18 @@ class RafsOperations(pyfuse3.Operations):
             current, name = seen
             parts.append(name)
         return f"/{os.fsdecode(b'/'.join(reversed(parts)))} (inode {ino})"
+
+    def path_of(self, ino: int) -> bytes | None:
+        """The absolute path under which the kernel last looked `ino` up, or None if unknown."""
+        parts: list[bytes] = []
+        current = ino
+        while current != layout.ROOT_INO:
+            seen = self._names.get(current)
+            if seen is None or len(parts) >= 4096:
+                return None
+            current, name = seen
+            parts.append(name)
+        return b"/" + b"/".join(reversed(parts))
 
     def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -224,6 +240,8 @@ class RafsOperations(pyfuse3.Operations):
             raise _read_only()
         if not self._inode(inode).is_reg:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if self.trace is not None:
+            self.trace.record(inode, self.path_of(inode))
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @_translate

@@ -23,12 +23,14 @@ from daemon.chunks import ChunkSource
 from daemon.config import BackendConfig, CacheConfig, DaemonConfig
 from daemon.fs import RafsOperations
 from daemon.mountpoint import mounts_at, prepare_mountpoint
+from daemon.prefetch import Prefetcher
 from daemon.reader import FileReader
 from daemon.storage.backend import BlobBackend
 from daemon.storage.cache import ChunkCache, DiskChunkCache, MemoryChunkCache
 from daemon.storage.http import HttpBackend
 from daemon.storage.localfs import LocalFsBackend
 from daemon.storage.registry import RegistryBackend
+from daemon.trace import AccessTrace
 from rafs.mapped import open_bootstrap
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class ServeOptions:
     mountpoint: str
     config: DaemonConfig
     allow_other: bool = True
+    prefetch_files: tuple[bytes, ...] | None = None  # `--prefetch-files`: overrides the bootstrap's table
+    trace_out: str | None = None  # `--trace-out`: first-access order of files
 
 
 def open_backend(config: BackendConfig) -> BlobBackend:
@@ -120,7 +124,9 @@ async def serve(
         merging_size=config.fs_prefetch.merging_size,
         fetch_threads=config.fs_prefetch.threads_count,
     )
-    operations = RafsOperations(bootstrap, FileReader(bootstrap, chunks), enable_xattr=config.enable_xattr)
+    reader = FileReader(bootstrap, chunks, readahead=config.amplify_io)
+    trace = AccessTrace(options.trace_out) if options.trace_out else None
+    operations = RafsOperations(bootstrap, reader, enable_xattr=config.enable_xattr, trace=trace)
     mountpoint = os.path.abspath(options.mountpoint)
     prepare_mountpoint(mountpoint)
     pyfuse3.init(operations, mountpoint, mount_options(options.allow_other))
@@ -136,9 +142,21 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(partial(trio.to_thread.run_sync, raise_readahead, mountpoint, abandon_on_cancel=True))
+            prefetch = config.fs_prefetch
+            if prefetch.enable or options.prefetch_files is not None:
+                prefetcher = Prefetcher(
+                    chunks,
+                    files=options.prefetch_files,
+                    prefetch_all=prefetch.prefetch_all,
+                    merging_size=prefetch.merging_size,
+                    bandwidth_rate=prefetch.bandwidth_rate,
+                )
+                nursery.start_soon(prefetcher.run)
             await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=True)
         backend.close()
+        if trace is not None:
+            trace.close()
         log.info("unmounted %s (%s)", mountpoint, chunks.stats)
