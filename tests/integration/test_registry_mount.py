@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import debian_root
-from tests.daemon.nydusd import REPO, is_mounted, requires_fuse
+from tests.daemon.nydusd import REPO, Daemon, is_mounted, requires_fuse
 from tests.integration.registry_mount import (
     convert,
     fix_mtimes,
@@ -129,3 +130,66 @@ def test_container_runs_on_image(pushed: PushedImage, tmp_path: Path) -> None:
     assert "ID=debian" in completed.stdout.splitlines()
     assert f"{BIG_FILE_BYTES} /data/big0" in completed.stdout
     assert not is_mounted(str(tmp_path / "work" / "lower"))
+
+
+def wait_for_log(daemon: Daemon, text: str, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log = daemon.log()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{daemon.log()}")
+
+
+def test_prefetch_all_fetches_every_blob_in_merged_ranges(pushed: PushedImage, tmp_path: Path) -> None:
+    proxy = FaultProxy(pushed.host)
+    try:
+        config = write_image_config(
+            str(tmp_path / "c.json"),
+            str(tmp_path / "cache"),
+            fs_prefetch={"enable": True, "prefetch_all": True, "merging_size": 1 << 20},
+        )
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+            wait_for_log(daemon, "prefetch done")
+            bootstrap = open_bootstrap(next((tmp_path / "cache" / "bootstraps").glob("*.boot")))
+            blob_ids = [blob.blob_id for blob in bootstrap.blobs]
+            prefetched = sum(proxy.bytes_sent(blob_id) for blob_id in blob_ids)
+            requests = sum(proxy.count("GET", blob_id) for blob_id in blob_ids)
+            assert (
+                diff(snapshot_directory(pushed.source_dir), snapshot_directory(daemon.mountpoint), ignore_root=True)
+                == []
+            )
+            after = sum(proxy.bytes_sent(blob_id) for blob_id in blob_ids)
+        image_bytes = sum(blob.compressed_size for blob in bootstrap.blobs)
+        assert prefetched == after == image_bytes, "prefetch fetched everything once; reads fetched nothing"
+        assert requests <= image_bytes // (1 << 20) + 2 * len(blob_ids) + 4
+    finally:
+        proxy.stop()
+
+
+def test_prefetch_files_fetch_only_those_files(pushed: PushedImage, tmp_path: Path) -> None:
+    proxy = FaultProxy(pushed.host)
+    try:
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+        listing = tmp_path / "prefetch.txt"
+        listing.write_bytes(b"/data/big2\n/etc/os-release\n")
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        extra = ["--prefetch-files", str(listing)]
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log"), extra=extra) as daemon:
+            wait_for_log(daemon, "prefetch done")
+            bootstrap = open_bootstrap(next((tmp_path / "cache" / "bootstraps").glob("*.boot")))
+            fetched = sum(proxy.bytes_sent(blob.blob_id) for blob in bootstrap.blobs)
+            assert (
+                Path(daemon.mountpoint, "data/big2").read_bytes() == Path(pushed.source_dir, "data/big2").read_bytes()
+            )
+            assert sum(proxy.bytes_sent(blob.blob_id) for blob in bootstrap.blobs) == fetched
+        wanted = 0
+        for path in ("/data/big2", "/etc/os-release"):
+            ino = bootstrap.resolve(path)
+            assert ino is not None
+            wanted += sum(chunk.compressed_size for chunk in bootstrap.chunks(ino))
+        assert fetched == wanted
+    finally:
+        proxy.stop()
