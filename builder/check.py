@@ -238,8 +238,8 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
     if blob_dir is None:
         return report
     for blob in bootstrap.blobs:
-        path = os.path.join(blob_dir, blob.blob_id)
-        if not os.path.exists(path):
+        blob_path = os.path.join(blob_dir, blob.blob_id)
+        if not os.path.exists(blob_path):
             raise NydusError(f"blob {blob.blob_id} is missing from {blob_dir}")
     files = BlobFiles(bootstrap, blob_dir)
     verified: set[tuple[int, int, int, int, bytes]] = set()
@@ -264,15 +264,17 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
         files.close()
     # Every chunk is sound; the blob's sha256 also covers bytes no chunk refers to.
     for blob in bootstrap.blobs:
-        path = os.path.join(blob_dir, blob.blob_id)
+        blob_path = os.path.join(blob_dir, blob.blob_id)
         sha = hashlib.sha256()
-        with open(path, "rb") as file:
+        with open(blob_path, "rb") as file:
             while data := file.read(1 << 20):
                 sha.update(data)
-        if os.path.getsize(path) != blob.compressed_size:
-            raise NydusError(f"blob file {path}: {os.path.getsize(path)} bytes, expected {blob.compressed_size}")
+        if os.path.getsize(blob_path) != blob.compressed_size:
+            raise NydusError(
+                f"blob file {blob_path}: {os.path.getsize(blob_path)} bytes, expected {blob.compressed_size}"
+            )
         if sha.hexdigest() != blob.blob_id:
-            raise NydusError(f"blob file {path}: content has sha256 {sha.hexdigest()} (altered)")
+            raise NydusError(f"blob file {blob_path}: content has sha256 {sha.hexdigest()} (altered)")
         report.blobs_verified += 1
     return report
 
@@ -471,7 +473,7 @@ def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
                     info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
                 if not inode.is_dir:
                     first_path.setdefault(ino, name)
-                archive.addfile(info, data)  # type: ignore[arg-type]
+                archive.addfile(info, data)
         os.replace(temp_path, output)
     except BaseException:
         if os.path.exists(temp_path):

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import IO
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -147,7 +147,7 @@ def check_pax_records(data: bytes) -> None:
 class _StrictTarInfo(tarfile.TarInfo):
     """A TarInfo that refuses malformed PAX headers instead of skipping what follows the damage."""
 
-    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
         fileobj = tarfile.fileobj
         size = self.size
         read = fileobj.read
@@ -187,7 +187,7 @@ def iter_tar_stream(raw: IO[bytes], layer: str) -> Iterator[tuple[LayerEntry, IO
     current = ""
     try:
         with tarfile.open(
-            fileobj=open_decompressed(stream, magic),  # type: ignore[arg-type]
+            fileobj=open_decompressed(cast(IO[bytes], stream), magic),
             mode="r|",
             encoding="utf-8",
             errors="surrogateescape",
@@ -398,7 +398,7 @@ def _blob_path(directory: str, digest: str) -> str:
     return os.path.join(directory, "blobs", algorithm, hexdigest)
 
 
-def _read_json_blob(directory: str, digest: str) -> dict[str, object]:
+def _read_json_blob(directory: str, digest: str) -> dict[str, Any]:
     with open(_blob_path(directory, digest), "rb") as file:
         data = file.read()
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:

@@ -103,7 +103,26 @@ class Bootstrap:
         if not 1 <= ino <= sb.inode_count:
             raise CorruptBootstrap(f"inode {ino} out of range 1..{sb.inode_count}")
         fields = layout.INODE.unpack_from(self.buffer, sb.inode_table_offset + (ino - 1) * layout.INODE.size)
-        inode = Inode(ino, *fields[:8], *fields[9:], flags=fields[8])
+        mode, nlink, uid, gid, size, rdev, mtime_sec, mtime_nsec, flags, parent, *content, digest = fields
+        data_start, data_count, xattr_size, xattr_offset = content
+        inode = Inode(
+            ino,
+            mode,
+            nlink,
+            uid,
+            gid,
+            size,
+            rdev,
+            mtime_sec,
+            mtime_nsec,
+            parent,
+            data_start,
+            data_count,
+            xattr_size,
+            xattr_offset,
+            digest,
+            flags,
+        )
         allowed_flags = layout.KNOWN_INODE_FLAGS if sb.features & layout.FEATURE_LAYER else 0
         if inode.flags & ~allowed_flags or (inode.flags and not inode.is_dir):
             raise CorruptBootstrap(f"inode {ino}: invalid flags {inode.flags:#x}")
