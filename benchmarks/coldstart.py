@@ -227,20 +227,20 @@ def run_oci(net: Network, image: Prepared, work: Path) -> RunRecord:
 
 def _lazy_start(
     net: Network, image: Prepared, support: Support, tag: str, work: Path, cache_dir: Path,
-    *, bootstrap: Path | None = None, prefetch: bool = False, extra_args: tuple[str, ...] = (),
+    *, prefetch: bool = False, extra_args: tuple[str, ...] = (),
 ) -> Callable[[Phases], None]:  # fmt: skip
-    """A start of the lazy image `tag`: nydusd (+ overlay) then the workload."""
+    """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
+    `cache_dir` (chunks and bootstrap): empty for a cold start, kept from a first run for a warm one."""
 
     def start(phases: Phases) -> None:
         config = registry_backend_config(net.shaped_host, image.repository, str(cache_dir), prefetch)
-        if bootstrap is not None and bootstrap.exists():
-            args = ["--bootstrap", str(bootstrap)]
-        elif support.image_flag:
+        if support.image_flag:  # nydusd fetches manifest and bootstrap (keeping it in its cache)
             args = ["--image", f"{net.shaped_host}/{image.repository}:{tag}"]
-        else:
-            path = bootstrap or work / "image.boot"
-            fetch_bootstrap(net.shaped_host, image.repository, tag, path)
-            phases.mark("bootstrap")
+        else:  # the harness does, keeping the bootstrap beside the cache as nydusd would
+            path = cache_dir.parent / f"{cache_dir.name}.boot"
+            if not path.exists():
+                fetch_bootstrap(net.shaped_host, image.repository, tag, path)
+                phases.mark("bootstrap")
             args = ["--bootstrap", str(path)]
         with lazy_rootfs([*args, *extra_args], work / "mount", config, phases) as rootfs:
             run_container(work / "bundle", rootfs, image.built.spec.workload)
@@ -253,9 +253,7 @@ def run_lazy(net: Network, image: Prepared, support: Support, mode: str, work: P
     try:
         if mode == "lazy-warm":
             assert image.warm_dir is not None
-            start = _lazy_start(
-                net, image, support, NYDUS_TAG, work, image.warm_dir / "cache", bootstrap=image.warm_dir / "image.boot"
-            )
+            start = _lazy_start(net, image, support, NYDUS_TAG, work, image.warm_dir / "cache")
         elif mode == "lazy-prefetch":
             start = _lazy_start(net, image, support, PREFETCH_TAG, work, work / "cache", prefetch=True)
         else:
@@ -281,10 +279,7 @@ def prepare_lazy(net: Network, image: Prepared, support: Support, modes: list[st
     if "lazy-warm" in modes and support.available("lazy-warm"):
         image.warm_dir = work / "warm"
         image.warm_dir.mkdir(parents=True)
-        start = _lazy_start(
-            net, image, support, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache",
-            bootstrap=image.warm_dir / "image.boot",
-        )  # fmt: skip
+        start = _lazy_start(net, image, support, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
         start(Phases())
         shutil.rmtree(work / "warm-run", ignore_errors=True)
 

@@ -204,6 +204,7 @@ def fetch_bootstrap(host: str, repository: str, tag: str, output: Path) -> dict[
             if member.name.removeprefix("./") == oci.BOOTSTRAP_PATH_IN_LAYER and member.isfile():
                 source = archive.extractfile(member)
                 assert source is not None
+                output.parent.mkdir(parents=True, exist_ok=True)
                 output.write_bytes(source.read())
                 return manifest
     raise RuntimeError(f"{ref}: the bootstrap layer has no {oci.BOOTSTRAP_PATH_IN_LAYER}")

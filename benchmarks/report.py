@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from typing import TypedDict, cast
 
@@ -64,6 +65,12 @@ def _case(image: ImageRecord, mode: str) -> CaseRecord | None:
     return next((case for case in image["cases"] if case["mode"] == mode), None)
 
 
+def median_run(case: CaseRecord) -> RunRecord:
+    """The run whose time is the median (the upper one of an even count), for its phases."""
+    ordered = sorted(case["runs"], key=lambda run: run["seconds"])
+    return ordered[len(ordered) // 2]
+
+
 def _ratio(value: float | None, baseline: float | None) -> str:
     if value is None or not baseline:
         return "-"
@@ -71,7 +78,7 @@ def _ratio(value: float | None, baseline: float | None) -> str:
 
 
 def _mib(count: float | None) -> str:
-    return "-" if count is None else f"{count / MiB:.1f}"
+    return "-" if count is None else f"{count / MiB:.2f}"
 
 
 def images_table(results: Results) -> str:
@@ -81,7 +88,7 @@ def images_table(results: Results) -> str:
             [
                 image["name"],
                 image["description"],
-                f"`{' '.join(image['workload'])}`",
+                f"`{shlex.join(image['workload'])}`",
                 image["layers"],
                 image["files"],
                 _mib(image["unpacked_bytes"]),
@@ -109,7 +116,7 @@ def cases_table(results: Results) -> str:
             if not case["available"]:
                 rows.append([image["name"], label, f"not available: {case['reason']}", "", "", "", ""])
                 continue
-            phases = case["runs"][len(case["runs"]) // 2]["phases"] if case["runs"] else {}
+            phases = median_run(case)["phases"] if case["runs"] else {}
             rows.append(
                 [
                     image["name"],
@@ -121,7 +128,15 @@ def cases_table(results: Results) -> str:
                     ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items()),
                 ]
             )
-    header = ["image", "mode", "start to exit, s (median)", "vs OCI", "fetched MiB", "vs OCI", "phases, s (one run)"]
+    header = [
+        "image",
+        "mode",
+        "start to exit, s (median)",
+        "vs OCI",
+        "fetched MiB",
+        "vs OCI",
+        "phases of the median run, s",
+    ]
     return markdown_table(header, rows)
 
 

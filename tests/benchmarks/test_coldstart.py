@@ -140,7 +140,7 @@ def test_report_gives_ratios_against_oci_and_names_missing_modes(tmp_path: Path)
     }  # fmt: skip
     results: Results = {"settings": {"rtt_ms": 20, "rate_mbit": 200, "runs": 1}, "images": [image]}
     table = markdown(results)
-    assert "| img | lazy, cold | 1.00 | 0.25x | 1.0 | 0.25x |" in table
+    assert "| img | lazy, cold | 1.00 | 0.25x | 1.00 | 0.25x |" in table
     assert "not available: no backend" in table
     paths = write_report(results, str(tmp_path), "check")
     assert [os.path.basename(path) for path in paths] == ["check.json", "check.md", "check.png"]
