@@ -81,12 +81,22 @@ def timed(function: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - started, result
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS split into anonymous memory (the daemon's own) and file pages (the mmapped bootstrap)."""
+    figures: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                figures[key] = int(value.split()[0])
+    return figures
+
+
+def shown(figures: dict[str, int]) -> str:
+    return (
+        f"{figures['VmRSS'] / 1024:.1f} MiB (anon {figures['RssAnon'] / 1024:.1f}, "
+        f"file {figures['RssFile'] / 1024:.1f})"
+    )
 
 
 def wait_mounted(path: str, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -191,6 +201,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="read-bench-")
     results: dict[str, dict[str, float]] = {}
     memory: dict[str, float] = {}
+    rss: dict[str, dict[str, int]] = {}
     try:
         bootstrap, blob_dir = os.path.join(work, "image.boot"), os.path.join(work, "blobs")
         run([sys.executable, "-m", "builder.cli", "create", "-t", "directory", "-B", bootstrap, "-D", blob_dir, tree])
@@ -210,9 +221,9 @@ def main() -> int:
         if cold:
             drop_caches()
         with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
-            memory["rss_after_mount_kib"] = rss_kib(daemon.process.pid)
+            rss["rss_after_mount_kib"] = rss_kib(daemon.process.pid)
             results["nydusd"] = measure(daemon.mountpoint, True)
-            memory["rss_after_walk_and_read_kib"] = rss_kib(daemon.process.pid)
+            rss["rss_after_walk_and_read_kib"] = rss_kib(daemon.process.pid)
         with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
             results["nydusd, remounted over a filled chunk cache"] = measure(daemon.mountpoint, True, warm_again=False)
 
@@ -222,9 +233,9 @@ def main() -> int:
         empty_blobs = os.path.join(work, "empty-blobs")
         os.makedirs(empty_blobs)
         with nydusd(large, empty_blobs, os.path.join(work, "large-cache"), os.path.join(work, "large-mnt")) as daemon:
-            memory["large_rss_after_mount_kib"] = rss_kib(daemon.process.pid)
+            rss["large_rss_after_mount_kib"] = rss_kib(daemon.process.pid)
             memory["large_walk_s"] = timed(lambda: walk(daemon.mountpoint))[0]
-            memory["large_rss_after_walk_kib"] = rss_kib(daemon.process.pid)
+            rss["large_rss_after_walk_kib"] = rss_kib(daemon.process.pid)
     finally:
         subprocess.run(["rm", "-rf", work], check=False)
 
@@ -245,19 +256,21 @@ def main() -> int:
     table += "\n\n" + markdown_table(
         ["nydusd memory", "value"],
         [
-            ["RSS after mounting the tree", f"{memory['rss_after_mount_kib'] / 1024:.1f} MiB"],
-            ["RSS after walking and reading it", f"{memory['rss_after_walk_and_read_kib'] / 1024:.1f} MiB"],
+            ["RSS after mounting the tree", shown(rss["rss_after_mount_kib"])],
+            ["RSS after walking and reading it", shown(rss["rss_after_walk_and_read_kib"])],
             [
                 f"RSS after mounting {int(memory['large_inodes'])} inodes "
                 f"({memory['large_bootstrap_bytes'] / 2**20:.0f} MiB bootstrap)",
-                f"{memory['large_rss_after_mount_kib'] / 1024:.1f} MiB",
+                shown(rss["large_rss_after_mount_kib"]),
             ],
-            ["RSS after walking those inodes", f"{memory['large_rss_after_walk_kib'] / 1024:.1f} MiB"],
+            ["RSS after walking those inodes", shown(rss["large_rss_after_walk_kib"])],
         ],
     )
     print(table)
     path = write_results(
-        "read", {"tree": tree, "files": files, "bytes": total, "results": results, "memory": memory}, table
+        "read",
+        {"tree": tree, "files": files, "bytes": total, "results": results, "memory": memory, "rss_kib": rss},
+        table,
     )
     print(f"wrote {path}", file=sys.stderr)
     return 0
