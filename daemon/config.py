@@ -45,6 +45,7 @@ class CacheConfig:
 
     type: str = ""
     work_dir: str = ""
+    size_limit: int = 0  # bytes on disk; 0 = unbounded. Least recently used blobs are evicted beyond it.
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,12 @@ def _cache(obj: JsonObject) -> CacheConfig:
     if _bool(obj, "compressed", where, False):
         raise ConfigError(f"config key {where}compressed: only uncompressed caches are supported")
     options = _object(obj.get("config", {}), where + "config")
-    _only(options, where + "config.", ("work_dir", "disable_indexed_map"))
+    _only(options, where + "config.", ("work_dir", "disable_indexed_map", "size_limit"))
     _bool(options, "disable_indexed_map", where + "config.", False)
     work_dir = _str(options, "work_dir", where + "config.", "")
     if cache_type == "blobcache" and not work_dir:
         raise ConfigError(f"config key {where}config.work_dir: missing (needed by blobcache)")
-    return CacheConfig(cache_type, work_dir)
+    return CacheConfig(cache_type, work_dir, _int(options, "size_limit", where + "config.", 0, 0))
 
 
 def _prefetch(obj: JsonObject) -> PrefetchConfig:

@@ -62,7 +62,7 @@ def open_backend(config: BackendConfig) -> BlobBackend:
 
 def open_cache(config: CacheConfig) -> ChunkCache:
     if config.type == "blobcache":
-        return DiskChunkCache(config.work_dir)
+        return DiskChunkCache(config.work_dir, size_limit=config.size_limit)
     return MemoryChunkCache()
 
 
