@@ -100,3 +100,12 @@ def test_image_config_takes_host_and_repo_from_the_reference() -> None:
     assert kept.backend.options["retry_limit"] == 5 and "scheme" not in kept.backend.options
     with pytest.raises(ConfigError, match="--image needs 'registry'"):
         image_config({"device": {"backend": {"type": "localfs"}}}, ref, plain_http=False, work_dir="/c")
+
+
+def test_cache_size_limit() -> None:
+    cache = {"type": "blobcache", "config": {"work_dir": "/c", "size_limit": 1 << 30}}
+    config = parse_config({"device": {"backend": {"type": "localfs", "config": {"dir": "d"}}, "cache": cache}})
+    assert config.cache.size_limit == 1 << 30
+    cache["config"]["size_limit"] = -1  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"config key device[.]cache[.]config[.]size_limit:"):
+        parse_config({"device": {"backend": {"type": "localfs", "config": {"dir": "d"}}, "cache": cache}})
