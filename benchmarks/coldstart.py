@@ -186,6 +186,7 @@ def prepare(net: Network, built: BuiltImage, support: Support, work: Path) -> Pr
         "nydus_blob_bytes": None,
         "bootstrap_bytes": None,
         "convert_s": None,
+        "trace_files": None,
         "cases": [],
     }
     if shutil.which("nydusify") is not None:
@@ -272,6 +273,9 @@ def prepare_lazy(net: Network, image: Prepared, support: Support, modes: list[st
             extra_args=("--trace-out", str(trace)),
         )  # fmt: skip
         start(Phases())
+        if not trace.exists():
+            raise RuntimeError(f"nydusd --trace-out wrote no {trace}")
+        image.record["trace_files"] = len([line for line in trace.read_text().splitlines() if line.strip()])
         shutil.rmtree(work / "trace-run", ignore_errors=True)
         shutil.rmtree(work / "trace-cache", ignore_errors=True)
         convert(net, image.repository, PREFETCH_TAG, work / "convert", prefetch_files=trace)

@@ -53,6 +53,7 @@ class ImageRecord(TypedDict):
     nydus_blob_bytes: int | None
     bootstrap_bytes: int | None  # the bootstrap layer (tar.gz) as pushed
     convert_s: float | None
+    trace_files: int | None  # files in the access trace used as the prefetch list
     cases: list[CaseRecord]
 
 
@@ -96,11 +97,12 @@ def images_table(results: Results) -> str:
                 _mib(image["nydus_blob_bytes"]),
                 "-" if image["bootstrap_bytes"] is None else f"{image['bootstrap_bytes'] / 1024:.0f}",
                 "-" if image["convert_s"] is None else f"{image['convert_s']:.1f}",
+                "-" if image.get("trace_files") is None else image["trace_files"],
             ]
         )
     header = [
         "image", "contents", "workload", "layers", "entries", "unpacked MiB", "OCI layers MiB (gzip)",
-        "nydus blobs MiB", "bootstrap layer KiB", "convert s",
+        "nydus blobs MiB", "bootstrap layer KiB", "convert s", "files in trace",
     ]  # fmt: skip
     return markdown_table(header, rows)
 

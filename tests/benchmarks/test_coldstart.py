@@ -135,7 +135,7 @@ def test_report_gives_ratios_against_oci_and_names_missing_modes(tmp_path: Path)
     image: ImageRecord = {
         "name": "img", "description": "d", "workload": ["/bin/sh", "-c", "true"], "layers": 1, "files": 10,
         "oci_bytes": 4 << 20, "unpacked_bytes": 8 << 20, "nydus_blob_bytes": None, "bootstrap_bytes": None,
-        "convert_s": None,
+        "convert_s": None, "trace_files": None,
         "cases": [_case("oci", 4.0, 4 << 20), _case("lazy-cold", 1.0, 1 << 20), _case("lazy-warm", None, None, "no backend")],
     }  # fmt: skip
     results: Results = {"settings": {"rtt_ms": 20, "rate_mbit": 200, "runs": 1}, "images": [image]}
@@ -187,6 +187,8 @@ def test_quick_run_measures_honest_bytes(tmp_path: Path) -> None:
             assert 0 < case["median_bytes_down"] < oci["median_bytes_down"], mode
         else:
             assert case["reason"] and not case["runs"], mode
+    if cases["lazy-prefetch"]["available"]:
+        assert image["trace_files"] > 0  # the prefetch list came from a real access trace
     warm = cases["lazy-warm"]
     if warm["available"] and cases["lazy-cold"]["available"]:
         assert warm["median_bytes_down"] < cases["lazy-cold"]["median_bytes_down"]
