@@ -114,10 +114,21 @@ def fetch_chunks(
     validate: bool,
     merging_size: int,
 ) -> dict[ChunkKey, ChunkResult]:
-    """Every requested chunk's bytes or the error that stopped it; verified chunks are cached."""
+    """Every requested chunk's bytes or the error that stopped it; verified chunks are cached.
+
+    A chunk that fails verification is fetched once more on its own: bytes altered in transit
+    pass the second time, while a corrupt blob fails again and its error stands.
+    """
     results: dict[ChunkKey, ChunkResult] = {}
+    again: list[ChunkRequest] = []
     for run in merge_ranges(requests, merging_size):
         run_results, verified = fetch_run(backend, run, digester, validate)
+        publish(cache, verified)
+        results.update(run_results)
+        again += [request for request in run if isinstance(run_results[request.key], ChunkError)]
+    for request in again:
+        log.warning("fetching again after a failed verification: %s", results[request.key])
+        run_results, verified = fetch_run(backend, [request], digester, validate)
         publish(cache, verified)
         results.update(run_results)
     return results
