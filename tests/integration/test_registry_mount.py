@@ -4,9 +4,12 @@ more than the chunks read (counted by a proxy between the daemon and the registr
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,14 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from daemon.storage.cache import blob_usage
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import debian_root
-from tests.daemon.nydusd import REPO, Daemon, is_mounted, requires_fuse
+from tests.daemon.nydusd import REPO, Daemon, answers, force_unmount, is_mounted, requires_fuse
 from tests.integration.registry_mount import (
     convert,
     fix_mtimes,
     image_mounted,
     push_directory,
+    start_image_daemon,
     write_image_config,
 )
 from tests.reference import diff, snapshot_directory
@@ -193,3 +198,81 @@ def test_prefetch_files_fetch_only_those_files(pushed: PushedImage, tmp_path: Pa
         assert fetched == wanted
     finally:
         proxy.stop()
+
+
+def read_or_errno(path: str) -> bytes | int:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        return error.errno or -1
+
+
+FAULT_FILES = {"drop": "data/big0", "500": "data/big1", "truncate": "data/big2", "flip": "data/big3"}
+
+
+def test_transient_faults_are_retried_and_never_served(pushed: PushedImage, tmp_path: Path) -> None:
+    proxy = FaultProxy(pushed.host)
+    proxy.stall_s = 1.5
+    try:
+        backend = {"timeout": 0.5, "retry_limit": 3}
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend)
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+            for kind, path in [*FAULT_FILES.items(), ("stall", "etc/os-release")]:
+                proxy.inject(kind, "/blobs/sha256:", method="GET")
+                data = read_or_errno(os.path.join(daemon.mountpoint, path))
+                assert data == Path(pushed.source_dir, path).read_bytes(), f"{kind}: wrong bytes"
+                assert not proxy.faults, f"{kind}: the fault was not met"
+            log = daemon.log()
+        assert log.count("retrying in") >= 4
+        assert "fetching again after a failed verification" in log
+        assert [outcome for _, _, outcome in proxy.seen if outcome != "forwarded"] == [*FAULT_FILES, "stall"]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("kind", ["500", "flip"])
+def test_persistent_fault_is_eio_with_a_log_line_then_heals(pushed: PushedImage, tmp_path: Path, kind: str) -> None:
+    proxy = FaultProxy(pushed.host)
+    try:
+        backend = {"retry_limit": 1}
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend)
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+            proxy.inject(kind, "/blobs/sha256:", method="GET", times=1000)
+            target = os.path.join(daemon.mountpoint, "data/big1")
+            assert read_or_errno(target) == errno.EIO
+            proxy.faults.clear()
+            assert read_or_errno(target) == Path(pushed.source_dir, "data/big1").read_bytes()
+            log = daemon.log()
+        expected = "ChunkDigestMismatch" if kind == "flip" else "HTTP 500"
+        assert re.search(rf"ERROR .*read failed on /data/big1 \(inode \d+\): .*{expected}", log), log
+    finally:
+        proxy.stop()
+
+
+def test_kill_9_mid_prefetch_then_restart_serves_the_same_tree(pushed: PushedImage, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    config = write_image_config(
+        str(tmp_path / "c.json"),
+        str(cache),
+        fs_prefetch={"enable": True, "prefetch_all": True, "merging_size": 256 * 1024, "bandwidth_rate": 2 << 20},
+    )
+    mountpoint, log = str(tmp_path / "mnt"), str(tmp_path / "log")
+    daemon = start_image_daemon(pushed.ref, mountpoint, config, log)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(usage.chunks for usage in blob_usage(str(cache))) < 4:
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.02)
+        daemon.stop(signal.SIGKILL)
+        cached = sum(usage.chunks for usage in blob_usage(str(cache)))
+        bootstrap = open_bootstrap(next((cache / "bootstraps").glob("*.boot")))
+        assert 0 < cached < bootstrap.superblock.chunk_count, "killed mid-prefetch"
+        assert not answers(mountpoint)
+        with image_mounted(pushed.ref, mountpoint, config, log) as restarted:
+            actual = snapshot_directory(restarted.mountpoint)
+    finally:
+        daemon.stop(signal.SIGKILL)
+        force_unmount(mountpoint)
+    assert diff(snapshot_directory(pushed.source_dir), actual, ignore_root=True) == []
