@@ -3,7 +3,8 @@
 In one run on the same tree: a metadata walk (lstat of every entry) and sequential read
 throughput of every regular file, cold (fresh mount, empty chunk cache) and warm (same mount
 again, then for nydusd a remount over the filled chunk cache), plus the daemon's RSS after
-mounting, after the walk and after mounting a large synthetic image. Figures print as a table
+mounting, after the walk and after mounting a large synthetic image. Two real trees: many
+small files (/usr/include) and a few large ones (the host's largest shared libraries). Figures print as a table
 and go to benchmarks/results/read.{json,md}. Usage (root, /dev/fuse):
 
     python3 -m benchmarks.read_bench [--tree DIR] [--large-inodes N] [--drop-caches]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,9 +190,49 @@ def large_bootstrap(path: str, inodes: int) -> int:
     return len(data)
 
 
+def large_files_tree(root: str, count: int) -> str:
+    """A second real tree: copies of the `count` largest shared libraries of the host."""
+    libraries = "/usr/lib/x86_64-linux-gnu"
+    candidates = [os.path.join(libraries, name) for name in os.listdir(libraries)]
+    regular = [path for path in candidates if os.path.isfile(path) and not os.path.islink(path)]
+    os.makedirs(root)
+    for path in sorted(regular, key=os.path.getsize, reverse=True)[:count]:
+        shutil.copy2(path, root)
+    return root
+
+
+def measure_tree(
+    label: str, tree: str, work: str, cold: bool, results: dict[str, dict[str, float]], rss: dict[str, dict[str, int]]
+) -> None:
+    """Every target over one tree: the plain directory, squashfuse, nydusd (fresh, remounted)."""
+    bootstrap, blob_dir = os.path.join(work, "image.boot"), os.path.join(work, "blobs")
+    run([sys.executable, "-m", "builder.cli", "create", "-t", "directory", "-B", bootstrap, "-D", blob_dir, tree])
+    squash_image = os.path.join(work, "tree.sqfs")
+    run(["mksquashfs", tree, squash_image, "-comp", "zstd", "-quiet", "-no-progress"])
+    if cold:
+        drop_caches()
+    results[f"{label}: plain directory"] = measure(tree, cold)
+    if cold:
+        drop_caches()
+    with squashfuse(squash_image, os.path.join(work, "sqfs-mnt")) as mountpoint:
+        results[f"{label}: squashfuse (zstd)"] = measure(mountpoint, True)
+    cache_dir = os.path.join(work, "cache")
+    if cold:
+        drop_caches()
+    with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
+        rss[f"{label}: after mount"] = rss_kib(daemon.process.pid)
+        results[f"{label}: nydusd"] = measure(daemon.mountpoint, True)
+        rss[f"{label}: after walking and reading"] = rss_kib(daemon.process.pid)
+    with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
+        results[f"{label}: nydusd remounted over a filled chunk cache"] = measure(
+            daemon.mountpoint, True, warm_again=False
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", default=default_tree())
+    parser.add_argument("--tree", default=default_tree(), help="many small files (default /usr/include)")
+    parser.add_argument("--large-files", type=int, default=8, help="also a tree of the N largest host libraries")
     parser.add_argument("--large-inodes", type=int, default=200_000)
     parser.add_argument("--drop-caches", action="store_true", help="drop the host page cache before cold runs")
     arguments = parser.parse_args()
@@ -203,29 +245,13 @@ def main() -> int:
     memory: dict[str, float] = {}
     rss: dict[str, dict[str, int]] = {}
     try:
-        bootstrap, blob_dir = os.path.join(work, "image.boot"), os.path.join(work, "blobs")
-        run([sys.executable, "-m", "builder.cli", "create", "-t", "directory", "-B", bootstrap, "-D", blob_dir, tree])
-        squash_image = os.path.join(work, "tree.sqfs")
-        run(["mksquashfs", tree, squash_image, "-comp", "zstd", "-quiet", "-no-progress"])
-
-        if cold:
-            drop_caches()
-        results["plain directory"] = measure(tree, cold)
-
-        if cold:
-            drop_caches()
-        with squashfuse(squash_image, os.path.join(work, "sqfs-mnt")) as mountpoint:
-            results["squashfuse (zstd)"] = measure(mountpoint, True)
-
-        cache_dir = os.path.join(work, "cache")
-        if cold:
-            drop_caches()
-        with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
-            rss["rss_after_mount_kib"] = rss_kib(daemon.process.pid)
-            results["nydusd"] = measure(daemon.mountpoint, True)
-            rss["rss_after_walk_and_read_kib"] = rss_kib(daemon.process.pid)
-        with nydusd(bootstrap, blob_dir, cache_dir, os.path.join(work, "nydus-mnt")) as daemon:
-            results["nydusd, remounted over a filled chunk cache"] = measure(daemon.mountpoint, True, warm_again=False)
+        os.makedirs(os.path.join(work, "small"))
+        measure_tree(os.path.basename(tree) or tree, tree, os.path.join(work, "small"), cold, results, rss)
+        if arguments.large_files:
+            big = large_files_tree(os.path.join(work, "big", "src"), arguments.large_files)
+            big_files, big_total = tree_size(big)
+            memory["large_files"], memory["large_files_bytes"] = big_files, big_total
+            measure_tree(f"{big_files} large libraries", big, os.path.join(work, "big"), cold, results, rss)
 
         large = os.path.join(work, "large.boot")
         memory["large_inodes"] = arguments.large_inodes
@@ -233,9 +259,9 @@ def main() -> int:
         empty_blobs = os.path.join(work, "empty-blobs")
         os.makedirs(empty_blobs)
         with nydusd(large, empty_blobs, os.path.join(work, "large-cache"), os.path.join(work, "large-mnt")) as daemon:
-            rss["large_rss_after_mount_kib"] = rss_kib(daemon.process.pid)
+            rss["large image: after mount"] = rss_kib(daemon.process.pid)
             memory["large_walk_s"] = timed(lambda: walk(daemon.mountpoint))[0]
-            rss["large_rss_after_walk_kib"] = rss_kib(daemon.process.pid)
+            rss["large image: after walking every inode"] = rss_kib(daemon.process.pid)
     finally:
         subprocess.run(["rm", "-rf", work], check=False)
 
@@ -253,18 +279,10 @@ def main() -> int:
     table = markdown_table(
         ["target", "walk cold (entries/s)", "walk warm (entries/s)", "read cold (MB/s)", "read warm (MB/s)"], rows
     )
+    large_label = f"large image ({int(memory['large_inodes'])} inodes, {memory['large_bootstrap_bytes'] / 2**20:.0f} MiB bootstrap)"
     table += "\n\n" + markdown_table(
-        ["nydusd memory", "value"],
-        [
-            ["RSS after mounting the tree", shown(rss["rss_after_mount_kib"])],
-            ["RSS after walking and reading it", shown(rss["rss_after_walk_and_read_kib"])],
-            [
-                f"RSS after mounting {int(memory['large_inodes'])} inodes "
-                f"({memory['large_bootstrap_bytes'] / 2**20:.0f} MiB bootstrap)",
-                shown(rss["large_rss_after_mount_kib"]),
-            ],
-            ["RSS after walking those inodes", shown(rss["large_rss_after_walk_kib"])],
-        ],
+        ["nydusd RSS", "VmRSS (anonymous, file pages)"],
+        [[name.replace("large image", large_label, 1), shown(figures)] for name, figures in rss.items()],
     )
     print(table)
     path = write_results(
