@@ -218,3 +218,17 @@ def test_bad_config_names_the_key_and_mounts_nothing(synthetic: Image, tmp_path:
         start_nydusd(synthetic.bootstrap, mountpoint, config, os.path.join(work, "log"))
     assert "exited with 2" in str(raised.value)
     assert not is_mounted(mountpoint)
+
+
+def test_external_unmount_stops_the_daemon(synthetic: Image, tmp_path: os.PathLike[str]) -> None:
+    work = str(tmp_path)
+    mountpoint = os.path.join(work, "mnt")
+    config = write_config(os.path.join(work, "c.json"), synthetic.blob_dir)
+    daemon = start_nydusd(synthetic.bootstrap, mountpoint, config, os.path.join(work, "log"))
+    try:
+        subprocess.run(["umount", mountpoint], check=True)
+        assert daemon.process.wait(30) == 0
+        assert not is_mounted(mountpoint)
+    finally:
+        daemon.stop(signal.SIGKILL)
+        force_unmount(mountpoint)
