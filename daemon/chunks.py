@@ -3,9 +3,9 @@
 Blocking work never runs on the event loop: cache reads and backend fetches go to worker
 threads, each under its own `CapacityLimiter`, so readers of cached data keep going while every
 fetch thread waits on a slow backend. Whether a chunk is cached is known without I/O
-(`ChunkCache.has`), so a miss costs one thread hop, not two. Concurrent misses of one chunk are fetched once: the
-first reader registers a flight in `_flights` and fetches; later readers wait on its event and
-share its result. Claiming a flight has no `await` between the check and the insert, so two
+(`ChunkCache.has`), so a miss costs one thread hop, not two. Concurrent misses of one chunk
+are fetched once: the first reader registers a flight in `_flights` and fetches; later readers
+wait on its event and share its result. Claiming a flight has no `await` between the check and the insert, so two
 tasks cannot both claim one chunk (the event loop runs one task at a time between awaits).
 """
 
