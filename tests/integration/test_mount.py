@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +19,7 @@ from tests.daemon.images import Image, build_image, debian_root, synthetic_tree,
 from tests.daemon.nydusd import (
     NYDUSD,
     REPO,
+    answers,
     force_unmount,
     is_mounted,
     mounted,
@@ -231,4 +234,30 @@ def test_external_unmount_stops_the_daemon(synthetic: Image, tmp_path: os.PathLi
         assert not is_mounted(mountpoint)
     finally:
         daemon.stop(signal.SIGKILL)
+        force_unmount(mountpoint)
+
+
+def test_without_config_blobs_are_read_beside_the_bootstrap(synthetic: Image, tmp_path: os.PathLike[str]) -> None:
+    work = str(tmp_path)
+    beside = os.path.join(work, "image")
+    shutil.copytree(synthetic.blob_dir, beside)
+    bootstrap = shutil.copy(synthetic.bootstrap, beside)
+    mountpoint = os.path.join(work, "mnt")
+    os.makedirs(mountpoint)
+    process = subprocess.Popen(
+        [*NYDUSD, "--bootstrap", bootstrap, "--mountpoint", mountpoint, "--log-level", "debug"], cwd=REPO
+    )
+    try:
+        deadline = 300
+        while not (is_mounted(mountpoint) and answers(mountpoint)) and deadline and process.poll() is None:
+            deadline -= 1
+            time.sleep(0.05)
+        with (
+            open(os.path.join(mountpoint, "usr/lib/file001"), "rb") as mounted_file,
+            open(os.path.join(synthetic.source, "usr/lib/file001"), "rb") as source_file,
+        ):
+            assert mounted_file.read() == source_file.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
         force_unmount(mountpoint)
