@@ -168,7 +168,8 @@ def converted_sizes(net: Network, repository: str, tag: str) -> tuple[int, int]:
     return blobs, bootstrap
 
 
-def prepare(net: Network, built: BuiltImage, support: Support, work: Path) -> Prepared:
+def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
+    """Push `built` as an OCI image and convert it (both straight to the registry: setup, not measured)."""
     repository = f"coldstart/{built.spec.name}"
     client = registry_client()
     try:
@@ -332,7 +333,7 @@ def benchmark(settings: Settings) -> Results:
                   f"({settings.rtt_ms} ms RTT, {settings.rate_mbit} Mbit/s)", flush=True)  # fmt: skip
             for image in built:
                 work = root / image.spec.name
-                prepared = prepare(net, image, support, work)
+                prepared = prepare(net, image, work)
                 prepare_lazy(net, prepared, support, settings.modes, work)
                 for run in range(settings.runs):
                     for mode in settings.modes:
