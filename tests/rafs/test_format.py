@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import stat
 import struct
 import zlib
@@ -232,7 +233,7 @@ def test_open_bootstrap_refuses_empty_truncated_and_foreign_files(tmp_path: Path
     for name, content in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
-        with pytest.raises(CorruptBootstrap, match=name.split()[0] if name == "empty" else ""):
+        with pytest.raises(CorruptBootstrap, match=re.escape(str(path))):  # the message names the file
             open_bootstrap(path)
     (tmp_path / "good").write_bytes(data)
     assert open_bootstrap(tmp_path / "good").resolve("/f") == 2
