@@ -94,10 +94,18 @@ def main() -> int:
     table = markdown_table(
         ["operation", "seconds", "vs full parse", "RSS growth MiB"],
         [
-            ["open_bootstrap", f"{results['open']['open_s']:.6f}", f"{results['open']['open_s'] / parse_s:.6f}x",
-             f"{results['open']['rss_growth_kib'] / 1024:.1f}"],
-            ["1000 path lookups", f"{results['lookup']['work_s']:.4f}", f"{results['lookup']['work_s'] / parse_s:.4f}x",
-             f"{results['lookup']['rss_growth_kib'] / 1024:.1f}"],
+            [
+                "open_bootstrap",
+                f"{results['open']['open_s']:.6f}",
+                f"{results['open']['open_s'] / parse_s:.6f}x",
+                f"{results['open']['rss_growth_kib'] / 1024:.1f}",
+            ],
+            [
+                "1000 path lookups",
+                f"{results['lookup']['work_s']:.4f}",
+                f"{results['lookup']['work_s'] / parse_s:.4f}x",
+                f"{results['lookup']['rss_growth_kib'] / 1024:.1f}",
+            ],
             ["full parse (every inode)", f"{parse_s:.3f}", "1.00x", f"{results['parse']['rss_growth_kib'] / 1024:.1f}"],
         ],
     )

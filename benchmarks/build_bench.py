@@ -46,7 +46,9 @@ def main() -> int:
         def nydus() -> None:
             blob_dir = os.path.join(work, "blobs")
             shutil.rmtree(blob_dir, ignore_errors=True)
-            run_command(["nydus-image", "create", "-t", "directory", "-B", os.path.join(work, "boot"), "-D", blob_dir, tree])
+            run_command(
+                ["nydus-image", "create", "-t", "directory", "-B", os.path.join(work, "boot"), "-D", blob_dir, tree]
+            )
 
         def squash() -> None:
             image = os.path.join(work, "tree.sqfs")

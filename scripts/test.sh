@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Installs what is missing, then runs the whole test suite (slow cases included unless
-# QUICK=1). Extra arguments go to pytest.
+# Installs what is missing, then runs lint, type checks and the whole test suite twice: with
+# the native C hot path (which must have been built) and with its pure-Python twin forced.
+# QUICK=1 skips the tests marked `slow`. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-.venv/bin/ruff check .
-.venv/bin/mypy
-if [ "${QUICK:-0}" = 1 ]; then
-  exec .venv/bin/pytest -m "not slow" "$@"
-fi
-exec .venv/bin/pytest "$@"
+ruff check .
+ruff format --check .
+mypy
+marks=()
+if [ "${QUICK:-0}" = 1 ]; then marks=(-m "not slow"); fi
+echo "== tests with the native hot path (RAFS_NATIVE=c)"
+RAFS_NATIVE=c pytest -q "${marks[@]}" "$@"
+echo "== tests with the pure-Python twin (RAFS_NATIVE=pure)"
+RAFS_NATIVE=pure pytest -q "${marks[@]}" "$@"

@@ -45,8 +45,17 @@ def upstream() -> Iterator[int]:
 
 def _start_shaper(upstream_port: int, rtt_ms: float, rate_mbit: float) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.shaper", "--upstream", f"127.0.0.1:{upstream_port}",
-         "--rtt-ms", str(rtt_ms), "--rate-mbit", str(rate_mbit)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.shaper",
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--rtt-ms",
+            str(rtt_ms),
+            "--rate-mbit",
+            str(rate_mbit),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPOSITORY,
