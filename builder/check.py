@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -383,11 +384,42 @@ def statistics(bootstrap: Bootstrap, bootstrap_size: int) -> dict[str, object]:
     }
 
 
+def _output_parent(output: str) -> str:
+    """The existing directory that will hold `output`; `NydusError` if there is none."""
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise NydusError(f"cannot write {output}: parent directory {parent} does not exist")
+    return parent
+
+
 def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
-    """Write the tree under `output` exactly as a container would see it."""
+    """Write the tree to `output` exactly as a container would see it; all or nothing.
+
+    `output` must not exist or be an empty directory, and its parent must exist. The tree is
+    written to a temporary directory beside it and renamed into place only when complete, so
+    a failure (a missing or corrupt blob) leaves nothing behind and never touches other files.
+    """
+    parent = _output_parent(output)
+    final_path = os.path.abspath(output)
+    if os.path.lexists(final_path):
+        if not os.path.isdir(final_path) or os.path.islink(final_path):
+            raise NydusError(f"cannot unpack to {output}: it exists and is not a directory")
+        if os.listdir(final_path):
+            raise NydusError(f"cannot unpack to {output}: directory is not empty")
+    temp_root = tempfile.mkdtemp(dir=parent, prefix=".unpack-", suffix=".tmp")
+    try:
+        _write_tree(bootstrap, blob_dir, os.fsencode(temp_root))
+        if os.path.isdir(final_path):
+            os.rmdir(final_path)  # empty, checked above
+        os.rename(temp_root, final_path)
+    except BaseException:
+        shutil.rmtree(temp_root, ignore_errors=True)
+        raise
+
+
+def _write_tree(bootstrap: Bootstrap, blob_dir: str, target_root: bytes) -> None:
+    """Write every inode under the existing directory `target_root` (which becomes the root)."""
     files = BlobFiles(bootstrap, blob_dir)
-    target_root = os.fsencode(os.path.abspath(output))
-    os.makedirs(target_root, exist_ok=True)
     first_path: dict[int, bytes] = {}
     directories: list[tuple[bytes, int]] = []
     try:
@@ -430,8 +462,8 @@ def _apply_metadata(bootstrap: Bootstrap, ino: int, full: bytes) -> None:
 
 def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
     """Write the tree as a PAX tar (xattrs, nanosecond mtimes, hard links kept)."""
+    directory = _output_parent(output)
     files = BlobFiles(bootstrap, blob_dir)
-    directory = os.path.dirname(os.path.abspath(output))
     descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".unpack-", suffix=".tmp")
     first_path: dict[int, str] = {}
     try:

@@ -184,6 +184,17 @@ def _format_info(info: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def describe_os_error(error: OSError) -> str:
+    """`PATH: reason` (and `-> OTHER` for two-path calls), without Python's `[Errno N]` prefix."""
+    reason = error.strerror or str(error)
+    if error.filename is None:
+        return reason
+    where = os.fsdecode(error.filename)
+    if error.filename2 is not None:
+        where += " -> " + os.fsdecode(error.filename2)
+    return f"{where}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
@@ -192,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nydus-image {arguments.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:
-        print(f"nydus-image {arguments.command}: error: {error}", file=sys.stderr)
+        print(f"nydus-image {arguments.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
