@@ -84,24 +84,45 @@ class LayerSource:
     expected_digest: str = ""
 
 
+PROGRESS_INTERVAL_S = 0.2  # at most five redraws a second
+
+
+def human_size(count: int) -> str:
+    """`count` bytes in binary units with one decimal: `512 B`, `1.5 MiB`."""
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
 class _Progress:
-    """A one-line status on stderr for long builds, only when stderr is a terminal."""
+    """A one-line status on stderr for long builds, only when stderr is a terminal.
+
+    `due()` is cheap, so callers may ask on every chunk and build the message only when a redraw
+    is due; a single large file therefore shows its progress as it is read.
+    """
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.stream = sys.stderr
+        self.enabled = enabled and self.stream.isatty()
         self.last = 0.0
 
-    def update(self, message: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.enabled and (force or now - self.last > 0.2):
-            self.last = now
-            sys.stderr.write(f"\r\x1b[K{message}")
-            sys.stderr.flush()
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() - self.last >= PROGRESS_INTERVAL_S
+
+    def update(self, message: str) -> None:
+        self.last = time.monotonic()
+        self.stream.write(f"\r\x1b[K{message}")
+        self.stream.flush()
 
     def done(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
 def resolve_sources(source_type: str, sources: Sequence[str]) -> list[LayerSource]:
@@ -155,6 +176,7 @@ class Builder:
         for rank, path in enumerate(options.prefetch_files):
             self.prefetch_rank.setdefault(normalize_path(path.lstrip(b"/"), "--prefetch-files"), rank)
         self.progress = _Progress(options.progress)
+        self._entries_read = 0  # entries of the current layer so far, for the progress line
 
     def _new_writer(self) -> BlobWriter:
         writer = BlobWriter(self.blob_dir, self.options.compressor)
@@ -188,14 +210,13 @@ class Builder:
             stream = iter_tar_stream(hashing, source.name)  # type: ignore[arg-type]
         try:
             for entry, data in stream:
+                self._entries_read = len(entries) + 1
                 pending = self._chunk_file(entry, data, source.name) if data is not None else []
                 entries.append((entry, pending))
-                if entry.kind in (FILE, HARDLINK):
+                if entry.kind in (FILE, HARDLINK) and not _is_whiteout(entry.path):
                     self.result.files += 1
-                self.progress.update(
-                    f"layer {self.result.layers + 1} {source.name}: {len(entries)} entries, "
-                    f"{self.store.stats.bytes_in / 2**20:.1f} MiB"
-                )
+                if self.progress.due():
+                    self.progress.update(self._progress_line(source.name))
             if hashing is not None:
                 hashing.drain()
         finally:
@@ -214,6 +235,16 @@ class Builder:
         self._timed("overlay", started)
         self.result.layers += 1
 
+    def _progress_line(self, layer: str, entry: LayerEntry | None = None, file_done: int = 0) -> str:
+        line = (
+            f"layer {self.result.layers + 1} {layer}: {self._entries_read} entries,"
+            f" {human_size(self.store.stats.bytes_in)} read"
+        )
+        if entry is not None:
+            path = entry.path.decode("utf-8", "backslashreplace")
+            line += f"; {path} {human_size(file_done)} / {human_size(entry.size)}"
+        return line
+
     def _chunk_file(self, entry: LayerEntry, data: IO[bytes], layer: str) -> list[PendingChunk]:
         rank = self.prefetch_rank.get(entry.path)
         pending = []
@@ -226,6 +257,8 @@ class Builder:
                 )
             pending.append(self.store.add_chunk(piece, rank))
             remaining -= len(piece)
+            if self.progress.due():
+                self.progress.update(self._progress_line(layer, entry, entry.size - remaining))
         return pending
 
     def write(self, bootstrap_path: str) -> BuildResult:
@@ -284,6 +317,10 @@ class Builder:
         for writer in self.writers:
             writer.discard()
         self.progress.done()
+
+
+def _is_whiteout(path: bytes) -> bool:
+    return path.rpartition(b"/")[2].startswith(layout.WHITEOUT_PREFIX)
 
 
 def _final_records(pending: list[PendingChunk], blob_index: dict[int, int]) -> list[ChunkRecord]:
