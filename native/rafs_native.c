@@ -110,7 +110,13 @@ static int decompress_zstd(const uint8_t *stored, size_t stored_len, uint8_t *ou
     /* One frame and nothing after it: ZSTD_decompress would go on into a second frame. */
     size_t frame_len = ZSTD_findFrameCompressedSize(stored, stored_len);
     if (ZSTD_isError(frame_len) || frame_len != stored_len) return RAFS_ERR_ZSTD_FRAME;
-    size_t written = ZSTD_decompress(output, size, stored, stored_len);
+    /* One decompression context per thread, made on first use and kept for the thread's life:
+     * ZSTD_decompress makes and frees one on every call, which cost ~3.5 us of the ~7 us per
+     * small (5 KB) chunk measured on the 2-core VM. If it cannot be made, fall back to that. */
+    static _Thread_local ZSTD_DCtx *context = NULL;
+    if (context == NULL) context = ZSTD_createDCtx();
+    size_t written = context != NULL ? ZSTD_decompressDCtx(context, output, size, stored, stored_len)
+                                     : ZSTD_decompress(output, size, stored, stored_len);
     if (ZSTD_isError(written)) return RAFS_ERR_ZSTD_FRAME;
     if (written != size) return RAFS_ERR_DECOMPRESSED_SIZE;
     return RAFS_OK;
