@@ -12,7 +12,7 @@ from daemon.storage.cache import DiskChunkCache
 from daemon.storage.fetch import ChunkRequest, fetch_chunks, merge_ranges
 from daemon.storage.localfs import LocalFsBackend
 from rafs import layout
-from rafs.errors import ChunkDigestMismatch
+from rafs.errors import ChunkDigestMismatch, CorruptChunk
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import build_image
 
@@ -98,3 +98,29 @@ def test_backend_errors(image: tuple[str, str, bytes], tmp_path: os.PathLike[str
         backend.read_range("0" * 64, 0, 1)
     with pytest.raises(BlobNotFound):
         backend.read_range("../" + blob_id[3:], 0, 1)
+
+
+def test_undecodable_frame_fails_alone_in_a_zstd_run(tmp_path: os.PathLike[str]) -> None:
+    """A frame that does not decompress fails the C batch; the run is then decoded chunk by chunk."""
+    source = os.path.join(tmp_path, "src")
+    os.makedirs(source)
+    words = random.Random(2).choices([b"alpha", b"beta", b"gamma", b"delta"], k=8000)
+    data = b" ".join(words)[: 8 * 4096]
+    with open(os.path.join(source, "file"), "wb") as file:
+        file.write(data)
+    built = build_image(source, str(tmp_path), chunk_size=4096, compressor=layout.COMPRESSOR_ZSTD)
+    requests = requests_of(built.bootstrap)
+    assert all(request.record.is_compressed for request in requests)
+    with open(os.path.join(built.blob_dir, requests[0].blob.blob_id), "r+b") as blob:
+        blob.seek(requests[3].record.compressed_offset)
+        blob.write(b"\0\0\0\0")  # no zstd magic any more
+    cache = DiskChunkCache(os.path.join(tmp_path, "cache"))
+    results = fetch_chunks(
+        LocalFsBackend(built.blob_dir), cache, requests, digester=0, validate=True, merging_size=1 << 20
+    )
+    error = results[requests[3].key]
+    assert isinstance(error, CorruptChunk) and error.chunk_index == requests[3].chunk_index
+    assert not cache.has(requests[3].key)
+    for index in (0, 1, 2, 4, 5, 6, 7):
+        assert results[requests[index].key] == data[index * 4096 : (index + 1) * 4096]
+        assert cache.has(requests[index].key)
