@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import IO
 
+from builder.outputs import give_ordinary_mode
 from rafs.blob import compress_chunk
 from rafs.records import BlobRecord
 
@@ -67,6 +68,7 @@ class BlobWriter:
         descriptor, self.temp_path = tempfile.mkstemp(dir=self.directory, prefix=".blob-", suffix=".tmp")
         offset = 0
         with os.fdopen(descriptor, "wb") as output:
+            give_ordinary_mode(output.fileno())
             for spool, ordered in ((self.head, head_chunks), (self.body, body_chunks)):
                 for chunk in ordered:
                     spool.seek(chunk.spool_offset)

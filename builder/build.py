@@ -28,6 +28,7 @@ from builder.layers import (
     normalize_path,
     oci_layout_layers,
 )
+from builder.outputs import give_ordinary_mode
 from builder.overlay import BuildNode, Overlay
 from rafs import layout
 from rafs.bootstrap import Bootstrap
@@ -290,6 +291,7 @@ class Builder:
         descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".bootstrap-", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as output:
+                give_ordinary_mode(output.fileno())
                 output.write(data)
                 output.flush()
                 os.fsync(output.fileno())

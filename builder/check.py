@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO
 
+from builder.outputs import give_ordinary_mode
 from rafs import digest, layout
 from rafs.blob import decode_chunk
 from rafs.bootstrap import Bootstrap
@@ -467,6 +468,7 @@ def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
     descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".unpack-", suffix=".tmp")
     first_path: dict[int, str] = {}
     try:
+        give_ordinary_mode(descriptor)
         with (
             os.fdopen(descriptor, "wb") as raw,
             tarfile.open(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from builder import build as build_module
 from builder.build import BuildOptions
+from builder.check import unpack_to_tar
+from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, write_layers
 from tests.reference import Entry, whiteout
 
@@ -57,3 +60,18 @@ def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(build_module, "PROGRESS_INTERVAL_S", 0.0)
     build_layers(str(tmp_path), paths, BuildOptions(chunk_size=CHUNK, progress=True))
     assert pipe.getvalue() == ""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_mode_of_plainly_created_files(tmp_path: Path, umask: int) -> None:
+    """Not mkstemp's 0600: a web server or a daemon of another user must be able to read blobs."""
+    paths = write_layers(str(tmp_path), [[Entry("", "dir"), Entry("f", "file", data=b"x" * 5000)]])
+    previous = os.umask(umask)
+    try:
+        bootstrap, blob_dir, result = build_layers(str(tmp_path), paths, BuildOptions(chunk_size=CHUNK))
+        unpack_to_tar(open_bootstrap(bootstrap), blob_dir, str(tmp_path / "tree.tar"))
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    outputs = [bootstrap, str(tmp_path / "tree.tar")] + [os.path.join(blob_dir, blob) for blob in result.blobs]
+    assert {output: stat.S_IMODE(os.stat(output).st_mode) for output in outputs} == dict.fromkeys(outputs, expected)
