@@ -123,7 +123,10 @@ class Nydusd:
 
 
 @contextmanager
-def nydusd(bootstrap: str, blob_dir: str, work_dir: str, mountpoint: str) -> Iterator[Nydusd]:
+def nydusd(
+    bootstrap: str, blob_dir: str, work_dir: str, mountpoint: str, env: dict[str, str] | None = None
+) -> Iterator[Nydusd]:
+    """A mounted nydusd over a localfs backend and a disk cache; `env` adds to its environment."""
     os.makedirs(mountpoint, exist_ok=True)
     config = os.path.join(os.path.dirname(mountpoint), "nydusd.json")
     with open(config, "w") as file:
@@ -139,6 +142,7 @@ def nydusd(bootstrap: str, blob_dir: str, work_dir: str, mountpoint: str) -> Ite
     process = subprocess.Popen(
         [*NYDUSD, "--bootstrap", bootstrap, "--mountpoint", mountpoint, "--config", config, "--log-level", "warn"],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     try:
         wait_mounted(mountpoint, process)
