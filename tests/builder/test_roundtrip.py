@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from builder.build import BuildOptions
+from builder.build import BuildOptions, build
+from builder.check import check
+from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
+from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers
 from tests.reference import Entry, apply_layers, diff, snapshot_tree
 from tests.strategies import chunk_sizes, compressions, layer_stacks
@@ -22,3 +26,49 @@ def test_unpacked_build_equals_reference(layers: list[list[Entry]], chunk_size: 
         as_directory, as_tar = unpacked(directory, bootstrap, blob_dir)
     assert diff(expected, as_directory) == []
     assert diff(expected, as_tar) == []
+
+
+@given(
+    layers=layer_stacks(),
+    chunk_size=chunk_sizes,
+    compressor=st.sampled_from(sorted(COMPRESSORS_BY_NAME)),
+    digester=st.sampled_from(sorted(DIGESTERS_BY_NAME)),
+)
+def test_every_compressor_and_digester_round_trips(
+    layers: list[list[Entry]], chunk_size: int, compressor: str, digester: str
+) -> None:
+    expected = snapshot_tree(apply_layers(layers))
+    options = BuildOptions(
+        chunk_size=chunk_size, compressor=COMPRESSORS_BY_NAME[compressor], digester=DIGESTERS_BY_NAME[digester]
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        paths = write_layers(directory, layers, ["gzip"])
+        bootstrap, blob_dir, _ = build_layers(directory, paths, options)
+        opened = open_bootstrap(bootstrap)
+        check(opened, blob_dir)
+        assert opened.digester == DIGESTERS_BY_NAME[digester]
+        assert {blob.compressor for blob in opened.blobs} <= {COMPRESSORS_BY_NAME[compressor]}
+        as_directory, as_tar = unpacked(directory, bootstrap, blob_dir)
+    assert diff(expected, as_directory) == []
+    assert diff(expected, as_tar) == []
+
+
+@given(layers=layer_stacks(max_layers=4), chunk_size=chunk_sizes, data=st.data())
+def test_parent_bootstrap_then_upper_layers_equals_whole_build(
+    layers: list[list[Entry]], chunk_size: int, data: st.DataObject
+) -> None:
+    """`create --parent-bootstrap LOWER.boot UPPER...` gives the image of building every layer at once."""
+    assume(len(layers) >= 2)
+    split = data.draw(st.integers(1, len(layers) - 1), label="layers in the parent")
+    with tempfile.TemporaryDirectory() as directory:
+        paths = write_layers(directory, layers, ["gzip", "zstd", "none"])
+        options = BuildOptions(chunk_size=chunk_size)
+        whole, _, _ = build_layers(directory, paths, options, name="whole")
+        parent, blob_dir, _ = build_layers(directory, paths[:split], options, name="parent")
+        child = os.path.join(directory, "child.boot")
+        child_options = BuildOptions(chunk_size=chunk_size, parent_bootstrap=parent)
+        build("targz", paths[split:], child, blob_dir, child_options)
+        check(open_bootstrap(child), blob_dir)
+        assert open_bootstrap(child).superblock.root_digest == open_bootstrap(whole).superblock.root_digest
+        as_directory, _ = unpacked(directory, child, blob_dir)
+    assert diff(snapshot_tree(apply_layers(layers)), as_directory) == []
