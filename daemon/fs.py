@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # The image never changes under a mount: let the kernel keep entries and attributes "forever".
 TIMEOUT_S = float(1 << 32)
 BLOCK_SIZE = 4096
+# Attributes are made once per inode and kept (a dict emptied when it reaches this size): making
+# them costs ~10 us (decode and check the inode record, fill 15 fields), and every readdir asks
+# again for each entry's attributes, since pyfuse3 cannot let the kernel cache listings.
+MAX_CACHED_ATTRIBUTES = 1 << 15
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +83,7 @@ class RafsOperations(pyfuse3.Operations):
         self.enable_xattr = enable_xattr
         self.trace = trace
         self._names: dict[int, tuple[int, bytes]] = {}
+        self._attributes: dict[int, pyfuse3.EntryAttributes] = {}
         self._fs_blocks = sum(blob.uncompressed_size for blob in bootstrap.blobs) // BLOCK_SIZE
 
     # -- helpers -------------------------------------------------------------------------------
@@ -124,6 +129,15 @@ class RafsOperations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = inode.mtime_ns
         return attr
 
+    def attributes_of(self, ino: int) -> pyfuse3.EntryAttributes:
+        """`attributes` of inode `ino`, made once (never modified: pyfuse3 copies them out)."""
+        attr = self._attributes.get(ino)
+        if attr is None:
+            if len(self._attributes) >= MAX_CACHED_ATTRIBUTES:
+                self._attributes.clear()
+            attr = self._attributes[ino] = self.attributes(self._inode(ino))
+        return attr
+
     def negative_entry(self) -> pyfuse3.EntryAttributes:
         """ENOENT that the kernel may remember as long as the mount lives (PATH searches)."""
         attr = pyfuse3.EntryAttributes()
@@ -147,21 +161,21 @@ class RafsOperations(pyfuse3.Operations):
         if not parent.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name == b".":
-            return self.attributes(parent)
+            return self.attributes_of(parent_inode)
         if name == b"..":
-            return self.attributes(self._inode(self._parent_of(parent)))
+            return self.attributes_of(self._parent_of(parent))
         ino = self.bootstrap.lookup(parent_inode, name)
         if ino is None:
             return self.negative_entry()
         self._names[ino] = (parent_inode, name)
-        return self.attributes(self.bootstrap.inode(ino))
+        return self.attributes_of(ino)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Nothing to release: inodes are records in the mmapped bootstrap."""
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attributes(self._inode(inode))
+        return self.attributes_of(inode)
 
     @_translate
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -215,17 +229,15 @@ class RafsOperations(pyfuse3.Operations):
         directory = self._inode(fh)
         position = start_id
         if position == 0:
-            if not pyfuse3.readdir_reply(token, b".", self.attributes(directory), 1):
+            if not pyfuse3.readdir_reply(token, b".", self.attributes_of(fh), 1):
                 return
             position = 1
         if position == 1:
-            parent = self._inode(self._parent_of(directory))
-            if not pyfuse3.readdir_reply(token, b"..", self.attributes(parent), 2):
+            if not pyfuse3.readdir_reply(token, b"..", self.attributes_of(self._parent_of(directory)), 2):
                 return
             position = 2
         for entry in self.bootstrap.readdir(fh, position - 2):
-            child = self.bootstrap.inode(entry.ino)
-            if not pyfuse3.readdir_reply(token, entry.name, self.attributes(child), entry.index + 3):
+            if not pyfuse3.readdir_reply(token, entry.name, self.attributes_of(entry.ino), entry.index + 3):
                 return
             self._names[entry.ino] = (fh, entry.name)
 
