@@ -71,7 +71,7 @@ class Overlay:
             name = entry.path.rsplit(b"/", 1)[-1]
             if not keep_whiteouts and name.startswith(layout.WHITEOUT_PREFIX):
                 continue
-            self._add(entry, pending, layer)
+            self._add(entry, pending, layer, layer_alone=keep_whiteouts)
 
     def _lookup(self, path: bytes) -> FsNode | None:
         node: FsNode | None = self.root
@@ -112,7 +112,7 @@ class Overlay:
             node = child
         return node
 
-    def _add(self, entry: LayerEntry, pending: list[PendingChunk], layer: str) -> None:
+    def _add(self, entry: LayerEntry, pending: list[PendingChunk], layer: str, *, layer_alone: bool = False) -> None:
         if not entry.path:
             if not entry.implicit:
                 self._update_directory(self.root, entry)
@@ -121,8 +121,15 @@ class Overlay:
         if entry.kind == HARDLINK:
             target = self._lookup(entry.link_target)
             if target is None:
+                # A layer bootstrap holds one layer alone, so a link into a lower layer has nothing
+                # to refer to; building the stack together resolves it (OCI allows such links).
+                hint = (
+                    " (not in this layer: a --layer bootstrap cannot link into lower layers; build the layers together)"
+                )
                 raise BuildError(
-                    f"hard link to missing target {_show(entry.link_target)!r}", layer=layer, entry=_show(entry.path)
+                    f"hard link to missing target {_show(entry.link_target)!r}{hint if layer_alone else ''}",
+                    layer=layer,
+                    entry=_show(entry.path),
                 )
             if target.is_dir:
                 raise BuildError("hard link to a directory", layer=layer, entry=_show(entry.path))
