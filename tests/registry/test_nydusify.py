@@ -12,13 +12,13 @@ import pytest
 
 from builder import nydusify
 from builder.build import BuildOptions
-from daemon.storage.registry import RegistryClient, RegistryOptions
+from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
 from rafs import oci
 from rafs.blob import decode_chunk
 from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference
-from tests.registry.images import make_image, push_image, sample_image, write_oci_layout
-from tests.registry_fixture import RunningRegistry
+from tests.registry.images import image_of_layers, make_image, push_image, sample_image, write_oci_layout
+from tests.registry_fixture import RunningRegistry, free_port
 
 CHUNK_SIZE = "0x10000"
 
@@ -146,3 +146,34 @@ def test_convert_errors_are_one_line(registry: RunningRegistry, tmp_path: Path) 
     )
     again = run_nydusify("convert", "--source", str(converted_twice), "--target", f"{registry.host}/demo/again")
     assert again.returncode == nydusify.ConvertError.exit_code and "already a converted image" in again.stderr
+
+
+def test_convert_from_a_registry_that_is_down_fails_fast_in_one_line(tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"  # nothing listens here
+    work = tmp_path / "work"
+    completed = run_nydusify(
+        "convert", "--source", f"{host}/app:1", "--target", f"{host}/app:2", "--work-dir", str(work)
+    )
+    assert completed.returncode != 0
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert host in lines[0] and "connection refused" in lines[0]
+
+
+def test_convert_of_a_corrupt_source_layer_names_it_and_pushes_nothing(
+    registry: RunningRegistry, client: RegistryClient, tmp_path: Path
+) -> None:
+    good = sample_image()
+    broken_layer = good.layers[0][: len(good.layers[0]) // 2]  # a gzip stream cut in half
+    broken = image_of_layers([(broken_layer, sha256_digest(b"unused")), (good.layers[1], sha256_digest(b"also"))])
+    source = ImageReference.parse(f"{registry.host}/broken/app:1")
+    push_image(client, source, broken)
+    target = f"{registry.host}/broken/app:nydus"
+    completed = run_nydusify("convert", "--source", str(source), "--target", target, "--work-dir", str(tmp_path / "w"))
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert sha256_digest(broken_layer)[7:19] in lines[0] and "bin/tool" in lines[0]
+    assert not list((tmp_path / "w").rglob("*.boot"))
+    missing = run_nydusify("check", "--source", str(source), "--target", target)
+    assert missing.returncode != 0 and "not found" in missing.stderr  # no manifest was pushed
