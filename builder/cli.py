@@ -101,7 +101,19 @@ def _write_json(path: str | None, data: dict[str, object]) -> None:
         os.replace(temp, path)
 
 
+def _require_parent_directories(arguments: argparse.Namespace, *options: str) -> None:
+    """Refuse output paths whose directory is missing before any work, not after the build."""
+    for option in options:
+        path = getattr(arguments, option.lstrip("-").replace("-", "_"))
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ConfigError(f"{option} {path}: directory {parent} does not exist")
+
+
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.command in ("create", "merge"):
+        _require_parent_directories(arguments, "--bootstrap", "--output-json")
     if arguments.command == "create":
         options = BuildOptions(
             chunk_size=arguments.chunk_size,

@@ -92,3 +92,16 @@ def test_merge_of_a_missing_or_foreign_file_writes_nothing(tmp_path: Path, image
     foreign.write_text('{"not": "a bootstrap", "padding": "' + "x" * 400 + '"}')
     _fails_in_one_line(["merge", "-B", str(merged), str(foreign)], str(foreign), "not a bootstrap")
     assert sorted(os.listdir(tmp_path)) == sorted([*before, "foreign.json"])
+
+
+@pytest.mark.parametrize("option", ["--bootstrap", "--output-json"])
+def test_create_into_a_missing_directory_fails_before_building(tmp_path: Path, option: str) -> None:
+    layers = write_layers(str(tmp_path), [LAYER])
+    before = sorted(os.listdir(tmp_path))
+    outputs = {"--bootstrap": str(tmp_path / "image.boot"), "--output-json": str(tmp_path / "build.json")}
+    outputs[option] = str(tmp_path / "no" / "such" / "file")
+    arguments = ["create", "-t", "targz", "-D", str(tmp_path / "blobs"), *layers]
+    for name, value in outputs.items():
+        arguments += [name, value]
+    _fails_in_one_line(arguments, option, str(tmp_path / "no" / "such"), "does not exist")
+    assert sorted(os.listdir(tmp_path)) == before  # no bootstrap, no blob dir
