@@ -31,6 +31,7 @@ def test_trace_lists_first_accesses_and_builds_a_prefetch_table(tmp_path: Path, 
     assert trace.read_text() == expected
 
     rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
     cli(
         "nydus-image",
         ["create", "--bootstrap", str(rebuilt / "image.boot"), "--blob-dir", str(rebuilt / "blobs"),
