@@ -80,3 +80,16 @@ def test_nydusctl_cache_reports_blobs_chunks_bytes_and_last_use(tmp_path: Path) 
     assert report["bootstraps"] == ["sha256:" + "e" * 64]
     table = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "2 blobs, 4 chunks" in table and BLOBS[0] in table
+
+
+def test_nydusctl_cache_of_a_missing_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-cache"
+    completed = subprocess.run(
+        [sys.executable, "-m", "daemon.ctl", "cache", "--work-dir", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.strip().splitlines() == [f"nydusctl: {missing}: not a directory"]
