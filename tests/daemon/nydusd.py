@@ -83,21 +83,21 @@ def write_config(path: str, blob_dir: str, work_dir: str | None = None, **top: o
     return path
 
 
-def start_nydusd(
-    bootstrap: str,
+def start_daemon(
+    source: Sequence[str],
     mountpoint: str,
-    config: str,
     log_path: str,
     *,
     command: Sequence[str] = NYDUSD,
     extra: Sequence[str] = (),
     timeout_s: float = 30.0,
 ) -> Daemon:
-    """Run the daemon and return once its mount answers; raise with its log if it does not."""
+    """Run nydusd on `source` (`--bootstrap F --config C`, `--image REF ...`) and return once its
+    mount answers; raise with its log if it does not."""
     os.makedirs(mountpoint, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [*command, "--bootstrap", bootstrap, "--mountpoint", mountpoint, "--config", config, *extra],
+            [*command, *source, "--mountpoint", mountpoint, *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -113,6 +113,21 @@ def start_nydusd(
     daemon.stop(signal.SIGKILL)
     force_unmount(mountpoint)
     raise AssertionError(f"nydusd did not mount within {timeout_s} s:\n{daemon.log()}")
+
+
+def start_nydusd(
+    bootstrap: str,
+    mountpoint: str,
+    config: str,
+    log_path: str,
+    *,
+    command: Sequence[str] = NYDUSD,
+    extra: Sequence[str] = (),
+    timeout_s: float = 30.0,
+) -> Daemon:
+    """`nydusd --bootstrap` running and mounted."""
+    source = ["--bootstrap", bootstrap, "--config", config]
+    return start_daemon(source, mountpoint, log_path, command=command, extra=extra, timeout_s=timeout_s)
 
 
 @contextmanager

@@ -7,17 +7,15 @@ import gzip
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
 from rafs.oci import ImageReference
-from tests.daemon.nydusd import NYDUSD, REPO, Daemon, answers, force_unmount, is_mounted
+from tests.daemon.nydusd import REPO, Daemon, force_unmount, start_daemon
 from tests.reference import walk_directory
 from tests.registry.images import image_of_layers, push_image
 
@@ -81,25 +79,7 @@ def start_image_daemon(
     image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = (), timeout_s: float = 60.0
 ) -> Daemon:
     """`nydusd --image` running and mounted; raises with its log if it does not mount."""
-    os.makedirs(mountpoint, exist_ok=True)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [*NYDUSD, "--image", image, "--mountpoint", mountpoint, "--config", config, *extra],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    daemon = Daemon(process, mountpoint, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"nydusd exited with {process.returncode}:\n{daemon.log()}")
-        if is_mounted(mountpoint) and answers(mountpoint):
-            return daemon
-        time.sleep(0.02)
-    daemon.stop(signal.SIGKILL)
-    force_unmount(mountpoint)
-    raise AssertionError(f"nydusd did not mount within {timeout_s} s:\n{daemon.log()}")
+    return start_daemon(["--image", image, "--config", config], mountpoint, log_path, extra=extra, timeout_s=timeout_s)
 
 
 @contextmanager
