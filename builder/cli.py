@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from builder import check as checks
@@ -207,18 +207,24 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {reason}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
+def run_with_one_line_errors(prefix: str, run: Callable[[], int]) -> int:
+    """Run a command; a project error or OS error becomes one line on stderr and its exit code."""
     try:
-        return run(arguments)
+        return run()
     except NydusError as error:
-        print(f"nydus-image {arguments.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:
-        print(f"nydus-image {arguments.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {describe_os_error(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    return run_with_one_line_errors(f"nydus-image {arguments.command}", lambda: run(arguments))
 
 
 if __name__ == "__main__":

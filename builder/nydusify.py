@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from builder.build import BuildOptions, build
 from builder.check import check as check_bootstrap
-from builder.cli import _chunk_size, _read_prefetch_list
+from builder.cli import _chunk_size, _read_prefetch_list, run_with_one_line_errors
 from daemon.storage.http import HttpOptions
 from daemon.storage.registry import RegistryClient, RegistryOptions, host_platforms, sha256_digest
 from rafs import layout, oci
@@ -446,17 +446,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    try:
-        return _run(arguments)
-    except NydusError as error:
-        print(f"nydusify {arguments.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except OSError as error:
-        print(f"nydusify {arguments.command}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"nydusify {arguments.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_with_one_line_errors(f"nydusify {arguments.command}", lambda: _run(arguments))
 
 
 if __name__ == "__main__":
