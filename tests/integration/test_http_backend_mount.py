@@ -37,7 +37,7 @@ class BlobServer(ThreadingHTTPServer):
 class BlobHandler(BaseHTTPRequestHandler):
     server: BlobServer
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _path(self) -> str | None:
@@ -45,13 +45,13 @@ class BlobHandler(BaseHTTPRequestHandler):
         path = os.path.join(self.server.directory, name)
         return path if re.fullmatch(r"[0-9a-f]{64}", name) and os.path.isfile(path) else None
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         path = self._path()
         self.send_response(200 if path else 404)
         self.send_header("Content-Length", str(os.path.getsize(path)) if path else "0")
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         path = self._path()
         if path is None:
             self.send_error(404)
