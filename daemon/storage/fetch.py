@@ -13,7 +13,7 @@ be followed top to bottom.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import native
@@ -177,11 +177,13 @@ def fetch_chunks(
     digester: int,
     validate: bool,
     merging_size: int,
+    optional: Collection[ChunkKey] = frozenset(),
 ) -> dict[ChunkKey, ChunkResult]:
     """Every requested chunk's bytes or the error that stopped it; verified chunks are cached.
 
     A chunk that fails verification is fetched once more on its own: bytes altered in transit
-    pass the second time, while a corrupt blob fails again and its error stands.
+    pass the second time, while a corrupt blob fails again and its error stands. `optional`
+    chunks (readahead: nobody waits for them) are not fetched again; they are just not cached.
     """
     results: dict[ChunkKey, ChunkResult] = {}
     again: list[ChunkRequest] = []
@@ -189,7 +191,13 @@ def fetch_chunks(
         run_results, verified = fetch_run(backend, run, digester, validate)
         publish(cache, verified)
         results.update(run_results)
-        again += [request for request in run if isinstance(run_results[request.key], ChunkError)]
+        for request in run:
+            error = run_results[request.key]
+            if isinstance(error, ChunkError):
+                if request.key in optional:
+                    log.warning("readahead chunk not cached: %s", error)
+                else:
+                    again.append(request)
     for request in again:
         log.warning("fetching again after a failed verification: %s", results[request.key])
         run_results, verified = fetch_run(backend, [request], digester, validate)
