@@ -123,6 +123,7 @@ async def serve(
         validate=config.digest_validate,
         merging_size=config.fs_prefetch.merging_size,
         fetch_threads=config.fs_prefetch.threads_count,
+        amplify_io=config.amplify_io,
     )
     reader = FileReader(bootstrap, chunks, readahead=config.amplify_io)
     trace = AccessTrace(options.trace_out) if options.trace_out else None

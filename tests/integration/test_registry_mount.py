@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.blob_order import BlobOrder
 from daemon.storage.cache import blob_usage
+from rafs.bootstrap import Bootstrap
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import debian_root
 from tests.daemon.nydusd import REPO, Daemon, answers, force_unmount, is_mounted, requires_fuse
@@ -102,7 +104,7 @@ def test_missing_image_is_one_line_and_no_mount(pushed: PushedImage, tmp_path: P
 def test_small_read_fetches_only_its_chunks(pushed: PushedImage, tmp_path: Path) -> None:
     proxy = FaultProxy(pushed.host)
     try:
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), amplify_io=0)
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             bootstrap_path = next((tmp_path / "cache" / "bootstraps").glob("*.boot"))
@@ -119,6 +121,43 @@ def test_small_read_fetches_only_its_chunks(pushed: PushedImage, tmp_path: Path)
         print(f"small read on a cold mount: {fetched} blob bytes fetched of {image_bytes} ({wanted} wanted)")
         assert fetched == wanted
         assert image_bytes > BIG_FILES * BIG_FILE_BYTES
+    finally:
+        proxy.stop()
+
+
+def file_stored_after(bootstrap: Bootstrap, path: str) -> str:
+    """The file whose first chunk is stored right after the last chunk of `path`, in one blob."""
+    ino = bootstrap.resolve(path)
+    assert ino is not None
+    last = bootstrap.chunks(ino)[-1]
+    following = next(BlobOrder.build(bootstrap, last.blob_index).after(last.compressed_offset))
+    for name, other in bootstrap.walk():
+        inode = bootstrap.inode(other)
+        if inode.is_reg and inode.data_count and inode.data_start == following:
+            return name.decode()
+    raise AssertionError(f"no file starts at chunk {following}")
+
+
+@pytest.mark.parametrize(("amplify_io", "requests"), [(1 << 20, 1), (0, 2)])
+def test_next_small_file_in_the_blob_comes_with_the_first(
+    pushed: PushedImage, tmp_path: Path, amplify_io: int, requests: int
+) -> None:
+    """Blob-order readahead: file B, stored right after file A, arrives with A's fetch."""
+    proxy = FaultProxy(pushed.host)
+    try:
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), amplify_io=amplify_io)
+        image = pushed.ref.replace(pushed.host, proxy.host)
+        with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+            bootstrap = open_bootstrap(next((tmp_path / "cache" / "bootstraps").glob("*.boot")))
+            first = "/etc/os-release"
+            second = file_stored_after(bootstrap, first)
+            (blob_id,) = {
+                bootstrap.blobs[chunk.blob_index].blob_id for chunk in bootstrap.chunks(bootstrap.resolve(first) or 0)
+            }
+            for path in (first, second):
+                with open(os.path.join(daemon.mountpoint, path.lstrip("/")), "rb") as file:
+                    assert file.read() == Path(pushed.source_dir, path.lstrip("/")).read_bytes()
+            assert proxy.count("GET", blob_id) == requests, (second, proxy.seen)
     finally:
         proxy.stop()
 
@@ -215,7 +254,8 @@ def test_transient_faults_are_retried_and_never_served(pushed: PushedImage, tmp_
     proxy.stall_s = 1.5
     try:
         backend = {"timeout": 0.5, "retry_limit": 3}
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend)
+        # no readahead, so each file's read meets its own fault
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0)
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             for kind, path in [*FAULT_FILES.items(), ("stall", "etc/os-release")]:
@@ -236,7 +276,8 @@ def test_persistent_fault_is_eio_with_a_log_line_then_heals(pushed: PushedImage,
     proxy = FaultProxy(pushed.host)
     try:
         backend = {"retry_limit": 1}
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend)
+        # no readahead: a flipped byte in the middle of a response must land in the file read
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0)
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             proxy.inject(kind, "/blobs/sha256:", method="GET", times=1000)

@@ -1,0 +1,204 @@
+"""Blob-order readahead in `ChunkSource`: a miss also fetches the chunks stored after it.
+
+Files "a", "b", "c" are one small chunk each, stored back to back in that order.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+import trio
+
+from daemon import chunks
+from daemon.blob_order import BlobOrder
+from daemon.chunks import ChunkSource
+from daemon.storage.cache import ChunkKey, DiskChunkCache
+from rafs import layout
+from rafs.bootstrap import Bootstrap
+from rafs.errors import ChunkDigestMismatch
+from rafs.mapped import open_bootstrap
+from rafs.records import ChunkRecord
+from tests.daemon.images import build_image
+from tests.daemon.test_chunks import CHUNK, GatedBackend, read
+
+AMPLIFY = 1 << 20
+Image = tuple[Bootstrap, str, dict[str, bytes]]
+
+
+@pytest.fixture
+def image(tmp_path: os.PathLike[str]) -> Image:
+    source = os.path.join(tmp_path, "src")
+    os.makedirs(source)
+    rng = random.Random(3)
+    contents = {name: rng.randbytes(3000) for name in ("a", "b", "c")}
+    for name, data in contents.items():
+        with open(os.path.join(source, name), "wb") as file:
+            file.write(data)
+    built = build_image(source, str(tmp_path), chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE)
+    bootstrap = open_bootstrap(built.bootstrap)
+    offsets = [chunk_of(bootstrap, name).compressed_offset for name in ("a", "b", "c")]
+    assert offsets == sorted(offsets)
+    return bootstrap, built.blob_dir, contents
+
+
+def chunk_of(bootstrap: Bootstrap, name: str) -> ChunkRecord:
+    ino = bootstrap.resolve("/" + name)
+    assert ino is not None
+    (record,) = bootstrap.chunks(ino)
+    return record
+
+
+def source_for(
+    image: Image, tmp_path: os.PathLike[str], amplify_io: int, cache_name: str = "cache"
+) -> tuple[ChunkSource, GatedBackend]:
+    bootstrap, blob_dir, _ = image
+    backend = GatedBackend(blob_dir)
+    cache = DiskChunkCache(os.path.join(tmp_path, cache_name))
+    return ChunkSource(bootstrap, backend, cache, amplify_io=amplify_io), backend
+
+
+def corrupt(image: Image, name: str, byte: bytes = b"\xff") -> bytes:
+    """Overwrite the first stored byte of `name`'s chunk; returns the byte it had."""
+    bootstrap, blob_dir, _ = image
+    record = chunk_of(bootstrap, name)
+    with open(os.path.join(blob_dir, bootstrap.blobs[record.blob_index].blob_id), "r+b") as blob:
+        blob.seek(record.compressed_offset)
+        old = blob.read(1)
+        blob.seek(record.compressed_offset)
+        blob.write(byte)
+    return old
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("amplify_io", "requests"), [(AMPLIFY, 1), (0, 2)])
+async def test_next_file_rides_along(image: Image, tmp_path: os.PathLike[str], amplify_io: int, requests: int) -> None:
+    bootstrap, _, contents = image
+    source, backend = source_for(image, tmp_path, amplify_io)
+    assert await read(source, bootstrap, "a") == contents["a"]
+    assert await read(source, bootstrap, "b") == contents["b"]
+    assert len(backend.reads) == requests
+
+
+@pytest.mark.trio
+async def test_readahead_stops_at_the_window_and_at_cached_chunks(image: Image, tmp_path: os.PathLike[str]) -> None:
+    bootstrap, _, contents = image
+    a, b = chunk_of(bootstrap, "a"), chunk_of(bootstrap, "b")
+    source, backend = source_for(image, tmp_path, b.compressed_size)  # room for one more chunk
+    assert await read(source, bootstrap, "a") == contents["a"]
+    assert backend.reads == [(a.compressed_offset, a.compressed_size + b.compressed_size)]
+    source, backend = source_for(image, tmp_path, AMPLIFY, "other-cache")
+    assert await read(source, bootstrap, "b") == contents["b"]  # b and c
+    assert await read(source, bootstrap, "a") == contents["a"]  # stops at b, cached
+    assert backend.reads[-1] == (a.compressed_offset, a.compressed_size)
+
+
+@pytest.mark.trio
+async def test_a_corrupt_neighbour_is_not_cached_and_fails_only_its_own_reader(
+    image: Image, tmp_path: os.PathLike[str]
+) -> None:
+    bootstrap, _, contents = image
+    b = chunk_of(bootstrap, "b")
+    good = corrupt(image, "b")
+    source, backend = source_for(image, tmp_path, AMPLIFY)
+    assert await read(source, bootstrap, "a") == contents["a"]
+    assert len(backend.reads) == 1  # no second try for a readahead chunk
+    blob_id = bootstrap.blobs[b.blob_index].blob_id
+    assert not source.cache.has(ChunkKey(blob_id, b.compressed_offset, b.compressed_size))
+    assert await read(source, bootstrap, "c") == contents["c"]  # c was read ahead and verified
+    assert len(backend.reads) == 1
+    with pytest.raises(ChunkDigestMismatch):
+        await read(source, bootstrap, "b")
+    corrupt(image, "b", good)
+    assert await read(source, bootstrap, "b") == contents["b"]
+    assert backend.reads[-1] == (b.compressed_offset, b.compressed_size)
+
+
+@pytest.mark.trio
+async def test_a_reader_waits_for_the_readahead_that_fetches_its_chunk(
+    image: Image, tmp_path: os.PathLike[str]
+) -> None:
+    bootstrap, _, contents = image
+    source, backend = source_for(image, tmp_path, AMPLIFY)
+    backend.gate.clear()
+    results: dict[str, bytes] = {}
+
+    async def reader(name: str) -> None:
+        results[name] = await read(source, bootstrap, name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, "a")
+        await trio.to_thread.run_sync(backend.waiting.wait, 10)
+        nursery.start_soon(reader, "b")
+        await trio.sleep(0.05)
+        backend.gate.set()
+    assert results == {"a": contents["a"], "b": contents["b"]}
+    assert len(backend.reads) == 1
+    assert source.stats.shared_waits == 1
+
+
+@pytest.mark.trio
+async def test_a_waiting_reader_fetches_again_when_the_readahead_copy_was_corrupt(
+    image: Image, tmp_path: os.PathLike[str]
+) -> None:
+    bootstrap, _, contents = image
+    corrupt(image, "b")
+    source, backend = source_for(image, tmp_path, AMPLIFY)
+    backend.gate.clear()
+    outcome: dict[str, object] = {}
+
+    async def reader(name: str) -> None:
+        try:
+            outcome[name] = await read(source, bootstrap, name)
+        except ChunkDigestMismatch as error:
+            outcome[name] = error
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, "a")
+        await trio.to_thread.run_sync(backend.waiting.wait, 10)
+        nursery.start_soon(reader, "b")
+        await trio.sleep(0.05)
+        backend.gate.set()
+    assert outcome["a"] == contents["a"]
+    assert isinstance(outcome["b"], ChunkDigestMismatch)
+    assert len(backend.reads) == 1 + 2  # b's own fetch and its retry
+
+
+def test_blob_order_lists_stored_chunks_once_in_offset_order(image: Image) -> None:
+    bootstrap, _, _ = image
+    order = BlobOrder.build(bootstrap, 0)
+    records = [bootstrap.chunk(index) for index in order.after(-1)]
+    assert [record.compressed_offset for record in records] == sorted({r.compressed_offset for r in records})
+    assert len(order) == 3
+    assert list(order.after(records[0].compressed_offset)) == list(order.indexes[1:])
+    assert order.nbytes() == 3 * (8 + 4)
+
+
+@pytest.mark.trio
+async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_first_miss(
+    image: Image, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bootstrap, _, contents = image
+    built = threading.Event()
+    build = BlobOrder.build
+
+    def slow_build(bootstrap: Bootstrap, blob_index: int) -> BlobOrder:
+        built.wait(10)
+        return build(bootstrap, blob_index)
+
+    monkeypatch.setattr(chunks, "INLINE_ORDER_CHUNKS", 0)
+    monkeypatch.setattr(BlobOrder, "build", slow_build)
+    source, backend = source_for(image, tmp_path, AMPLIFY)
+    with trio.fail_after(5):
+        assert await read(source, bootstrap, "a") == contents["a"]  # not delayed, no readahead yet
+    a = chunk_of(bootstrap, "a")
+    assert backend.reads == [(a.compressed_offset, a.compressed_size)]
+    built.set()
+    with trio.fail_after(10):
+        while source._blob_order(0) is None:
+            await trio.sleep(0.01)
+    assert await read(source, bootstrap, "b") == contents["b"]  # b and c
+    assert await read(source, bootstrap, "c") == contents["c"]
+    assert len(backend.reads) == 2
