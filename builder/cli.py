@@ -18,6 +18,7 @@ from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
 from rafs.errors import ConfigError, NydusError
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import read_path_list
 
 
 def _chunk_size(text: str) -> int:
@@ -83,14 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_prefetch_list(path: str | None) -> tuple[bytes, ...]:
-    if not path:
-        return ()
-    try:
-        with open(path, "rb") as file:
-            lines = [line.strip() for line in file.read().splitlines()]
-    except OSError as error:
-        raise ConfigError(f"--prefetch-files {path}: {error.strerror}") from None
-    return tuple(line for line in lines if line and not line.startswith(b"#"))
+    return read_path_list(path) if path else ()
 
 
 def _write_json(path: str | None, data: dict[str, object]) -> None:

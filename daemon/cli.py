@@ -19,8 +19,9 @@ from daemon.serve import ServeOptions, serve
 from daemon.storage.backend import BlobBackend
 from daemon.storage.image import fetch_bootstrap
 from daemon.storage.registry import RegistryBackend
-from rafs.errors import ConfigError, NydusError
+from rafs.errors import NydusError
 from rafs.oci import ImageReference
+from rafs.pathlist import read_path_list
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -68,25 +69,13 @@ def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
     return serve_options(args, bootstrap, config), backend
 
 
-def read_path_list(path: str | None) -> tuple[bytes, ...] | None:
-    """`--prefetch-files`: one absolute path a line; blank lines and `#` comments skipped."""
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as file:
-            lines = [line.strip() for line in file.read().splitlines()]
-    except OSError as error:
-        raise ConfigError(f"--prefetch-files {path}: {error.strerror}") from None
-    return tuple(line for line in lines if line and not line.startswith(b"#"))
-
-
 def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig) -> ServeOptions:
     return ServeOptions(
         bootstrap,
         args.mountpoint,
         config,
         allow_other=not args.no_allow_other,
-        prefetch_files=read_path_list(args.prefetch_files),
+        prefetch_files=read_path_list(args.prefetch_files) if args.prefetch_files is not None else None,
         trace_out=args.trace_out,
     )
 
