@@ -1,79 +1,151 @@
 """`ChunkSource`: the trio side of the read path, from chunk slices to bytes.
 
-Backend fetches never run on the event loop: they go to worker threads under a
-`CapacityLimiter`, so readers of cached data keep going while every fetch thread waits on a
-slow backend. Cache hits of at most `INLINE_HIT_BYTES` are decoded on the event loop (one pread
-of the local mirror, decompress, verify), because that is cheaper than the thread round trip;
-larger hits go to their own worker threads. Whether a chunk is cached is known without I/O
-(`ChunkCache.has`), so a miss costs one thread hop, not two. Concurrent misses of one chunk
-are fetched once: the first reader registers a flight in `_flights` and fetches; later readers
-wait on its event and share its result. Claiming a flight has no `await` between the check and the insert, so two
-tasks cannot both claim one chunk (the event loop runs one task at a time between awaits).
+A hit is one `pread` of verified, uncompressed bytes from the cache (small ones on the event
+loop, where that is cheaper than a thread round trip; larger ones in a worker thread). A miss
+becomes a *job*: a run of chunks stored back to back in one blob, fetched by one range request.
+Jobs wait in three queues, served in this order:
 
-Blob-order readahead (`amplify_io` bytes, 0 = off): a read that misses extends its fetch to the
-chunks stored right after its last missed chunk in the same blob, whatever file they belong to
-(the builder stores files in tar order, so they are often the next ones needed), up to
-`amplify_io` stored bytes, stopping at a gap or at a chunk cached or in flight. They ride in the
-same range request and are claimed as flights like any other chunk, so a reader needing one
-waits for this fetch instead of fetching it twice. They are optional: one that fails
-verification is not cached and is nobody's error (a reader that waited for it fetches it
-itself). The per-blob order comes from `daemon.blob_order`, built on the blob's first miss:
-on the event loop for a small chunk table, else in a background thread, so the first miss never
-waits for it (misses in that blob meanwhile get no blob readahead).
+- `DEMAND`: chunks a FUSE read is waiting for (and the blob-order neighbours that ride along);
+- `READAHEAD`: chunks `daemon.readahead` expects to be read soon;
+- `PREFETCH`: the prefetch list, paced by `bandwidth_rate`.
+
+`fetch_workers` tasks take jobs and run each in a worker thread (`daemon.storage.fetch`), so
+that many range requests are in flight at once: enough to fill a link's bandwidth x RTT. The
+first `demand_workers` of them take only demand jobs, so an on-demand read never waits behind
+background work for a worker; the others take whatever is most urgent, so the link is never
+idle while prefetch or readahead has work. A demand read of a chunk queued in a background job
+that has not started promotes that job to the demand queue.
+
+Every chunk being fetched has one *flight* in `_flights`, so concurrent wants of one chunk are
+fetched once: the first claims it, later readers wait on its event and share its result.
+Claiming has no `await` between the check and the insert (the event loop runs one task at a
+time between awaits), so two tasks cannot both claim one chunk. Chunks that ride along
+optionally (readahead, prefetch) may fail without being anybody's error: a reader that needs one
+whose fetch failed fetches it again itself.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
-from daemon.blob_order import BlobOrder
 from daemon.storage.backend import BackendError, BlobBackend
 from daemon.storage.cache import ChunkCache, ChunkKey
-from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks, read_cached
+from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks, merge_ranges, run_bytes
+from daemon.timeline import Timeline
 from rafs.bootstrap import Bootstrap
-from rafs.errors import NydusError
-from rafs.records import ChunkSlice
+from rafs.digest import chunk_digest
+from rafs.errors import ChunkDigestMismatch, NydusError
+from rafs.records import ChunkRecord, ChunkSlice
 
 log = logging.getLogger(__name__)
 
-# Cache hits that decode to at most this many bytes are served on the event loop, without a
-# worker thread. Measured on the 2-core VM (`/usr/include` image, mirror in the page cache): a
-# `trio.to_thread` round trip costs ~200 us, while reading, decompressing and verifying a
-# cached chunk costs ~35 us below 8 KiB, ~75 us below 64 KiB and ~220 us at 64-256 KiB.
-# Inline hits took remounted-cache reads of `/usr/include` from 15.7 to 24.5 MB/s. Above this
-# size a thread wins (zstd and blake3 release the GIL) and one big chunk cannot stall the loop.
+# Cache hits of at most this many bytes are read on the event loop: a `pread` of a page-cached
+# chunk costs a few microseconds, a `trio.to_thread` round trip ~100-200 us on the 2-core VM.
 INLINE_HIT_BYTES = 128 << 10
 
-# A blob's order is built on the event loop when the chunk table has at most this many records
-# (about 1 ms on the 2-core VM, ~0.5 us a record), else in a background thread.
-INLINE_ORDER_CHUNKS = 2048
+
+class Priority(enum.IntEnum):
+    """Job queues, most urgent first."""
+
+    DEMAND = 0
+    READAHEAD = 1
+    PREFETCH = 2
 
 
-@dataclass
+@dataclass(eq=False)
+class _Job:
+    """One range request to make: a run of chunks, the ones nobody waits for marked optional."""
+
+    run: list[ChunkRequest]
+    priority: Priority
+    optional: set[ChunkKey]
+    started: bool = False
+
+
+@dataclass(eq=False)
 class _Flight:
     """One chunk being fetched; `result` is set before `done` fires."""
 
+    job: _Job
     done: trio.Event = field(default_factory=trio.Event)
     result: ChunkResult | None = None
-    optional: bool = False  # readahead: a failure is not retried by the fetcher
 
 
 @dataclass
 class ChunkStats:
     cache_hits: int = 0
-    fetched: int = 0
+    fetched_chunks: int = 0
+    fetched_bytes: int = 0
+    range_requests: int = 0
     shared_waits: int = 0
+    promoted_jobs: int = 0
     errors: int = 0
+    max_in_flight: int = 0
+    requests_by_priority: dict[str, int] = field(default_factory=lambda: {p.name.lower(): 0 for p in Priority})
+
+
+class _JobQueues:
+    """Three FIFO queues; `get` hands out the most urgent job a worker may take."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Priority, deque[_Job]] = {priority: deque() for priority in Priority}
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def put(self, job: _Job) -> None:
+        self._queues[job.priority].append(job)
+        self._lot.unpark_all()
+
+    def pending(self, priority: Priority) -> int:
+        return sum(1 for job in self._queues[priority] if not job.started and job.priority == priority)
+
+    def _take(self, demand_only: bool) -> _Job | None:
+        for priority in Priority:
+            queue = self._queues[priority]
+            while queue:
+                job = queue.popleft()
+                if not job.started and job.priority == priority:  # else: started, or promoted away
+                    return job
+            if demand_only:
+                return None
+        return None
+
+    async def get(self, demand_only: bool) -> _Job:
+        while (job := self._take(demand_only)) is None:
+            await self._lot.park()
+        job.started = True
+        return job
+
+
+class _Pacer:
+    """`bandwidth_rate` for prefetch: jobs start no faster than the rate allows (0 = unlimited)."""
+
+    def __init__(self, rate_bytes_per_s: int) -> None:
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self._next_start = 0.0
+
+    async def wait(self, nbytes: int) -> None:
+        if not self.rate_bytes_per_s:
+            return
+        now = trio.current_time()
+        start = max(now, self._next_start)
+        self._next_start = start + nbytes / self.rate_bytes_per_s
+        await trio.sleep_until(start)
 
 
 class ChunkSource:
-    """Serves chunk slices of one bootstrap from a cache, or a backend on a miss."""
+    """Serves chunk slices of one bootstrap from a cache, or a backend on a miss.
+
+    `run` must be started in a nursery (`await nursery.start(source.run)`) before misses can be
+    served: it owns the fetch workers and any background thread the read path needs.
+    """
 
     def __init__(
         self,
@@ -81,189 +153,100 @@ class ChunkSource:
         backend: BlobBackend,
         cache: ChunkCache,
         *,
-        validate: bool = True,
+        validate: bool = False,
         merging_size: int = 1 << 20,
-        fetch_threads: int = 4,
+        fetch_workers: int = 8,
+        demand_workers: int = 2,
+        bandwidth_rate: int = 0,
         cache_threads: int = 8,
-        amplify_io: int = 0,
+        timeline: Timeline | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.backend = backend
         self.cache = cache
         self.validate = validate
         self.merging_size = merging_size
-        self.amplify_io = amplify_io
-        self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
-        self.cache_limiter = trio.CapacityLimiter(cache_threads)
+        self.fetch_workers = max(1, fetch_workers)
+        self.demand_workers = min(max(0, demand_workers), self.fetch_workers - 1) if self.fetch_workers > 1 else 0
+        self.timeline = timeline
         self.stats = ChunkStats()
+        self.in_flight = 0
+        self.along: Callable[[list[ChunkRequest]], list[ChunkRequest]] = lambda misses: []
+        self._queues = _JobQueues()
+        self._pacer = _Pacer(bandwidth_rate)
         self._flights: dict[ChunkKey, _Flight] = {}
-        self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
-        self._ordering: set[int] = set()  # blob indexes whose order was asked for
+        self._fetch_limiter = trio.CapacityLimiter(self.fetch_workers)
+        self._cache_limiter = trio.CapacityLimiter(cache_threads)
+        self._nursery: trio.Nursery | None = None
         cache.prepare(blob.blob_id for blob in bootstrap.blobs)
 
-    def request(self, piece: ChunkSlice) -> ChunkRequest:
-        return ChunkRequest(piece.chunk_index, piece.record, self.bootstrap.blobs[piece.record.blob_index])
+    # -- the chunk noun --------------------------------------------------------------------------
 
-    async def read(self, pieces: Sequence[ChunkSlice], ahead: Sequence[ChunkSlice] = ()) -> list[bytes]:
-        """The bytes of every slice, in order; the first failing chunk's error is raised.
+    def request(self, chunk_index: int, record: ChunkRecord) -> ChunkRequest:
+        """The one place a `ChunkRequest` is made."""
+        return ChunkRequest(chunk_index, record, self.bootstrap.blobs[record.blob_index])
 
-        `ahead` (readahead) chunks that are not cached join the fetch of this read's misses, in
-        the same merged ranges; they are only cached, and their failures are not this read's.
-        """
-        out: list[bytes | None] = [bytes(piece.length) if piece.record.is_zero else None for piece in pieces]
-        hits: list[tuple[int, ChunkRequest, ChunkSlice]] = []
-        misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
-        for position, piece in enumerate(pieces):
-            if out[position] is None:
-                request = self.request(piece)
-                (hits if self.cache.has(request.key) else misses).append((position, request, piece))
-        if hits:
-            if sum(piece.record.uncompressed_size for _, _, piece in hits) <= INLINE_HIT_BYTES:
-                cached = self._read_cached(hits)
-            else:
-                cached = await trio.to_thread.run_sync(self._read_cached, hits, limiter=self.cache_limiter)
-            for item, data in zip(hits, cached, strict=True):
-                if data is None:
-                    misses.append(item)
-                else:
-                    out[item[0]] = data[item[2].start : item[2].start + item[2].length]
-            self.stats.cache_hits += len(hits)
-        if misses:
-            wanted = [request for _, request, _ in misses]
-            extra = [self.request(piece) for piece in ahead if not piece.record.is_zero]
-            extra = [request for request in extra if not self.cache.has(request.key)]
-            extra += self._blob_readahead(wanted + extra)
-            chunks = await self._fetch(wanted, extra)
-            for position, request, piece in misses:
-                result = chunks[request.key]
-                if not isinstance(result, bytes):
-                    self.stats.errors += 1
-                    raise result
-                out[position] = result[piece.start : piece.start + piece.length]
-        return [part if part is not None else b"" for part in out]
+    def absent(self, request: ChunkRequest) -> bool:
+        """Neither cached nor being fetched: worth asking for."""
+        return request.key not in self._flights and not self.cache.has(request.key, request.record.digest)
 
-    def _read_cached(self, wanted: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
-        return [read_cached(self.cache, request, self.bootstrap.digester, self.validate) for _, request, _ in wanted]
+    # -- the background owner --------------------------------------------------------------------
 
-    async def fetch(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
-        """Whole chunks into the cache (single flight) for prefetch and readahead; errors are returned."""
-        return await self._fetch(requests)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the fetch workers until cancelled (at unmount)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for number in range(self.fetch_workers):
+                nursery.start_soon(self._worker, number < self.demand_workers)
+            task_status.started()
+            await trio.sleep_forever()
 
-    def _blob_readahead(self, requests: Sequence[ChunkRequest]) -> list[ChunkRequest]:
-        """The chunks stored right after the last of `requests` in each blob (see the module doc)."""
-        if not self.amplify_io:
-            return []
-        last: dict[int, ChunkRequest] = {}
-        for request in requests:
-            blob_index = request.record.blob_index
-            if blob_index not in last or request.record.compressed_offset > last[blob_index].record.compressed_offset:
-                last[blob_index] = request
-        extra: list[ChunkRequest] = []
-        for blob_index, request in last.items():
-            order = self._blob_order(blob_index)
-            if order is not None:
-                extra += self._following(order, request)
-        return extra
+    def in_thread(self, function: Callable[[], object]) -> None:
+        """Run `function` in a worker thread owned by this source's nursery (abandoned at unmount)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(partial(trio.to_thread.run_sync, function, abandon_on_cancel=True))
 
-    def _blob_order(self, blob_index: int) -> BlobOrder | None:
-        """The blob's chunks in stored order, or None while a background thread builds them."""
-        if blob_index not in self._ordering:
-            self._ordering.add(blob_index)
-            if self.bootstrap.superblock.chunk_count <= INLINE_ORDER_CHUNKS:
-                self._build_order(blob_index)
-            else:
-                threading.Thread(target=self._build_order, args=(blob_index,), daemon=True).start()
-        return self._orders.get(blob_index)
+    async def _worker(self, demand_only: bool) -> None:
+        while True:
+            job = await self._queues.get(demand_only)
+            if job.priority == Priority.PREFETCH:
+                await self._pacer.wait(run_bytes(job.run))
+            await self._execute(job)
 
-    def _build_order(self, blob_index: int) -> None:
-        started = time.monotonic()
-        order = BlobOrder.build(self.bootstrap, blob_index)
-        self._orders[blob_index] = order  # one dict store: safe to publish from a thread
-        log.debug(
-            "blob %d order: %d chunks, %d bytes, %.1f ms",
-            blob_index,
-            len(order),
-            order.nbytes(),
-            (time.monotonic() - started) * 1000,
-        )
-
-    def _following(self, order: BlobOrder, request: ChunkRequest) -> list[ChunkRequest]:
-        """Chunks stored back to back after `request`, up to `amplify_io` bytes, none cached or in flight."""
-        following: list[ChunkRequest] = []
-        budget = self.amplify_io
-        end = request.record.compressed_offset + request.record.compressed_size
-        try:
-            for index in order.after(request.record.compressed_offset):
-                record = self.bootstrap.chunk(index)
-                nxt = ChunkRequest(index, record, request.blob)
-                if record.compressed_offset != end or record.compressed_size > budget:
-                    break
-                if self.cache.has(nxt.key) or nxt.key in self._flights:
-                    break
-                following.append(nxt)
-                budget -= record.compressed_size
-                end += record.compressed_size
-        except NydusError as error:  # a corrupt record ends readahead, not the read
-            log.warning("readahead stopped: %s", error)
-        return following
-
-    async def _fetch(
-        self, requests: Sequence[ChunkRequest], optional: Sequence[ChunkRequest] = ()
-    ) -> dict[ChunkKey, ChunkResult]:
-        """Whole chunks for `requests` and `optional`: claim the ones nobody fetches, wait for the others.
-
-        A reader that needs a chunk some other fetch took as optional and could not verify
-        fetches it again itself (an optional chunk's failure is not retried by its fetcher).
-        """
-        claimed: dict[ChunkKey, _Flight] = {}
-        joined: dict[ChunkKey, tuple[ChunkRequest, _Flight]] = {}
-        to_fetch: list[ChunkRequest] = []
-        optional_keys: set[ChunkKey] = set()
-        for position, request in enumerate([*requests, *optional]):
-            key = request.key
-            if key in claimed or key in joined:
-                continue
-            is_optional = position >= len(requests)
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = claimed[key] = self._flights[key] = _Flight(optional=is_optional)
-                to_fetch.append(request)
-                if is_optional:
-                    optional_keys.add(key)
-            elif not is_optional:
-                joined[key] = (request, flight)
+    async def _execute(self, job: _Job) -> None:
         results: dict[ChunkKey, ChunkResult] = {}
-        if to_fetch:
-            try:
-                results = await trio.to_thread.run_sync(
-                    self._load, to_fetch, optional_keys, limiter=self.fetch_limiter, abandon_on_cancel=True
-                )
-            finally:
-                for key, flight in claimed.items():
-                    result = results.get(key)
+        started = time.time()
+        self.in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self.in_flight)
+        in_flight = self.in_flight
+        try:
+            results = await trio.to_thread.run_sync(
+                self._load, job, limiter=self._fetch_limiter, abandon_on_cancel=True
+            )
+        finally:
+            self.in_flight -= 1
+            for request in job.run:
+                flight = self._flights.pop(request.key, None)
+                if flight is not None:
+                    result = results.get(request.key)
                     flight.result = BackendError("fetch cancelled") if result is None else result
                     flight.done.set()
-                    del self._flights[key]
-            self.stats.fetched += len(to_fetch)
-        again: list[ChunkRequest] = []
-        for key, (request, flight) in joined.items():
-            self.stats.shared_waits += 1
-            await flight.done.wait()
-            assert flight.result is not None
-            if flight.optional and isinstance(flight.result, NydusError):
-                again.append(request)
-            else:
-                results[key] = flight.result
-        if again:
-            results.update(await self._fetch(again))
-        return results
+        ok = all(isinstance(result, bytes) for result in results.values())
+        nbytes = run_bytes(job.run)
+        self.stats.range_requests += 1
+        self.stats.requests_by_priority[job.priority.name.lower()] += 1
+        self.stats.fetched_chunks += len(job.run)
+        self.stats.fetched_bytes += nbytes
+        if self.timeline is not None:
+            self.timeline.request_done(started, nbytes, job.priority.name.lower(), ok, in_flight)
 
-    def _load(self, requests: Sequence[ChunkRequest], optional: set[ChunkKey]) -> dict[ChunkKey, ChunkResult]:
-        """In a worker thread: chunks another flight cached meanwhile, then fetch the rest."""
+    def _load(self, job: _Job) -> dict[ChunkKey, ChunkResult]:
+        """In a worker thread: chunks another daemon cached meanwhile, then fetch the rest."""
+        self.cache.refresh(job.run[0].blob.blob_id)
         results: dict[ChunkKey, ChunkResult] = {}
         missing: list[ChunkRequest] = []
-        for request in requests:
-            data = read_cached(self.cache, request, self.bootstrap.digester, self.validate)
+        for request in job.run:
+            data = self._read_whole(request)
             if data is None:
                 missing.append(request)
             else:
@@ -275,10 +258,149 @@ class ChunkSource:
                     self.cache,
                     missing,
                     digester=self.bootstrap.digester,
-                    validate=self.validate,
-                    # readahead extends the run of the last miss: still one request
-                    merging_size=self.merging_size + (self.amplify_io if optional else 0),
-                    optional=optional,
+                    merging_size=run_bytes(job.run),
+                    optional=job.optional,
                 )
             )
+        return results
+
+    # -- wanting chunks ---------------------------------------------------------------------------
+
+    def want(self, requests: Iterable[ChunkRequest], priority: Priority) -> list[_Flight]:
+        """Queue the absent ones of `requests` for fetching in the background; their flights.
+
+        Nobody waits for them yet, so their failures are nobody's error (all are optional).
+        """
+        claimed = list({request.key: request for request in requests if self.absent(request)}.values())
+        return self._enqueue(claimed, priority, {request.key for request in claimed}, self.merging_size)
+
+    def _enqueue(
+        self, requests: Sequence[ChunkRequest], priority: Priority, optional: set[ChunkKey], limit: int
+    ) -> list[_Flight]:
+        """Claim a flight for each of `requests` (none in flight) and queue them in runs of at most `limit`."""
+        flights: list[_Flight] = []
+        for run in merge_ranges(requests, limit):
+            job = _Job(run, priority, {request.key for request in run if request.key in optional})
+            for request in run:
+                flight = self._flights[request.key] = _Flight(job)
+                flights.append(flight)
+            self._queues.put(job)
+        return flights
+
+    async def fetch(self, requests: Iterable[ChunkRequest], priority: Priority) -> int:
+        """Fetch the absent ones of `requests` at `priority` and wait for them; how many failed."""
+        flights = self.want(requests, priority)
+        for flight in flights:
+            await flight.done.wait()
+        return sum(1 for flight in flights if isinstance(flight.result, NydusError))
+
+    def pending_count(self) -> int:
+        """Jobs waiting for a worker, of every priority."""
+        return sum(self._queues.pending(priority) for priority in Priority)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def read(self, pieces: Sequence[ChunkSlice]) -> list[bytes]:
+        """The bytes of every slice, in order; the first failing chunk's error is raised."""
+        out: list[bytes | None] = [None] * len(pieces)
+        hits: list[tuple[int, ChunkRequest, ChunkSlice]] = []
+        misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
+        for position, piece in enumerate(pieces):
+            if piece.record.is_zero:
+                out[position] = bytes(piece.length)
+                continue
+            request = self.request(piece.chunk_index, piece.record)
+            if self.cache.has(request.key, request.record.digest):
+                hits.append((position, request, piece))
+            else:
+                misses.append((position, request, piece))
+        if hits:
+            if sum(piece.length for _, _, piece in hits) <= INLINE_HIT_BYTES and not self.validate:
+                cached = self._read_hits(hits)
+            else:
+                cached = await trio.to_thread.run_sync(self._read_hits, hits, limiter=self._cache_limiter)
+            for item, data in zip(hits, cached, strict=True):
+                if data is None:
+                    misses.append(item)
+                else:
+                    out[item[0]] = data
+            self.stats.cache_hits += len(hits)
+        if misses:
+            blocked_at = time.time()
+            results = await self._wait_for([request for _, request, _ in misses])
+            if self.timeline is not None:
+                self.timeline.blocked_read(blocked_at)
+            for position, request, piece in misses:
+                result = results[request.key]
+                if not isinstance(result, bytes):
+                    self.stats.errors += 1
+                    raise result
+                out[position] = result[piece.start : piece.start + piece.length]
+        return [part if part is not None else b"" for part in out]
+
+    def _read_hits(self, hits: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
+        """Cached slices (None where the cache no longer has one); with `validate`, whole chunks re-hashed."""
+        if not self.validate:
+            return [
+                self.cache.read(request.key, request.record.digest, piece.start, piece.length)
+                for _, request, piece in hits
+            ]
+        result: list[bytes | None] = []
+        for _, request, piece in hits:
+            data = self._read_whole(request)
+            result.append(None if data is None else data[piece.start : piece.start + piece.length])
+        return result
+
+    def _read_whole(self, request: ChunkRequest) -> bytes | None:
+        """A whole cached chunk, re-hashed when `validate` asks for it; None if absent or damaged."""
+        record = request.record
+        data = self.cache.read(request.key, record.digest, 0, record.uncompressed_size)
+        if data is not None and self.validate and chunk_digest(data, self.bootstrap.digester) != record.digest:
+            error = ChunkDigestMismatch(
+                "cached copy damaged", blob_id=request.blob.blob_id, chunk_index=request.chunk_index
+            )
+            log.warning("%s: fetching it again", error)
+            return None
+        return data
+
+    async def _wait_for(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
+        """Whole chunks a reader needs: claim those nobody fetches (with what rides along), join the others.
+
+        A joined chunk's job that has not started yet moves to the demand queue. A chunk whose
+        fetch carried it optionally and failed is fetched again, now as this reader's own.
+        """
+        unique = list({request.key: request for request in requests}.values())
+        flights: dict[ChunkKey, _Flight] = {}
+        unclaimed: list[ChunkRequest] = []
+        for request in unique:
+            flight = self._flights.get(request.key)
+            if flight is None:
+                unclaimed.append(request)
+                continue
+            flights[request.key] = flight
+            self.stats.shared_waits += 1
+            if not flight.job.started and flight.job.priority != Priority.DEMAND:
+                flight.job.priority = Priority.DEMAND
+                self._queues.put(flight.job)
+                self.stats.promoted_jobs += 1
+        if unclaimed:
+            wanted = {request.key for request in unclaimed}
+            along = [r for r in self.along(unclaimed) if r.key not in wanted and self.absent(r)]
+            optional = {request.key for request in along}
+            limit = self.merging_size + sum(request.record.compressed_size for request in along)
+            self._enqueue([*unclaimed, *along], Priority.DEMAND, optional, limit)
+            for request in unclaimed:
+                flights[request.key] = self._flights[request.key]
+        results: dict[ChunkKey, ChunkResult] = {}
+        again: list[ChunkRequest] = []
+        for request in unique:
+            flight = flights[request.key]
+            await flight.done.wait()
+            assert flight.result is not None
+            if request.key in flight.job.optional and isinstance(flight.result, NydusError):
+                again.append(request)
+            else:
+                results[request.key] = flight.result
+        if again:
+            results.update(await self._wait_for(again))
         return results

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from functools import partial
 
 import trio
@@ -17,8 +18,6 @@ import trio
 from daemon.config import DaemonConfig, default_config, image_config, load_config, read_config_file
 from daemon.serve import ServeOptions, serve
 from daemon.storage.backend import BlobBackend
-from daemon.storage.image import fetch_bootstrap
-from daemon.storage.registry import RegistryBackend
 from rafs.errors import NydusError
 from rafs.oci import ImageReference
 from rafs.pathlist import read_path_list
@@ -43,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--plain-http", action="store_true", help="--image: plain HTTP (default only for loopback)")
     result.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to prefetch after mounting")
     result.add_argument("--trace-out", metavar="FILE", help="write each file's path in first-access order")
+    result.add_argument(
+        "--timeline-out", metavar="FILE", help="at unmount, write range requests and blocked reads as JSON (benchmarks)"
+    )
     result.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     result.add_argument("--no-allow-other", action="store_true", help="only the mounting user may access the mount")
     return result
@@ -57,6 +59,9 @@ def default_work_dir() -> str:
 
 def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
     """For `--image`: the registry backend and the bootstrap fetched (or reused) from the registry."""
+    from daemon.storage.image import fetch_bootstrap  # imports `requests`: only when an image is fetched
+    from daemon.storage.registry import RegistryBackend
+
     ref = ImageReference.parse(args.image)
     data = read_config_file(args.config) if args.config else None
     config = image_config(data, ref, plain_http=args.plain_http, work_dir=default_work_dir())
@@ -69,6 +74,17 @@ def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
     return serve_options(args, bootstrap, config), backend
 
 
+def process_started_at() -> float:
+    """When this process was started (wall clock, to the kernel's 10 ms tick), for the timeline."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age_s
+
+
 def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig) -> ServeOptions:
     return ServeOptions(
         bootstrap,
@@ -77,6 +93,8 @@ def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig
         allow_other=not args.no_allow_other,
         prefetch_files=read_path_list(args.prefetch_files) if args.prefetch_files is not None else None,
         trace_out=args.trace_out,
+        timeline_out=args.timeline_out,
+        started_at=process_started_at(),
     )
 
 

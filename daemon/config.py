@@ -12,8 +12,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from daemon.storage.http import HttpBackend
-from daemon.storage.registry import RegistryBackend
 from rafs.errors import ConfigError
 from rafs.oci import ImageReference
 
@@ -50,11 +48,34 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class PrefetchConfig:
-    enable: bool = False
-    threads_count: int = 4
+    """`fs_prefetch`: the prefetch list at mount, and the fetch pipeline's size.
+
+    `enable` (default true, as nydus-snapshotter's default config has it) fetches the bootstrap's
+    prefetch table (or `--prefetch-files`) in the background after mounting; `prefetch_all`
+    then fetches every blob in full (default false here: on a large image it would fetch
+    everything a start does not need). `threads_count` is how many range requests may be in
+    flight at once, for on-demand reads, readahead and prefetch together (a quarter of them,
+    at least one, are kept for on-demand reads); `merging_size` caps one request's bytes;
+    `bandwidth_rate` (bytes/s, 0 = unlimited) paces prefetch only.
+    """
+
+    enable: bool = True
+    threads_count: int = 8
     merging_size: int = 1 << 20
     bandwidth_rate: int = 0
     prefetch_all: bool = False
+
+
+@dataclass(frozen=True)
+class ReadaheadConfig:
+    """`readahead`: this daemon's own knobs for guessing what a start needs (see `daemon.readahead`).
+
+    `whole_file_max`: a file of at most this many bytes is fetched whole on its first open (0 =
+    never); `window_max`: the largest window of sequential readahead (0 = none).
+    """
+
+    whole_file_max: int = 64 << 20
+    window_max: int = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -62,11 +83,13 @@ class DaemonConfig:
     backend: BackendConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
     mode: str = "direct"
-    digest_validate: bool = True
+    # Chunks are verified when they enter the cache; true re-hashes every cache hit as well.
+    digest_validate: bool = False
     iostats_files: bool = False
     enable_xattr: bool = True
-    amplify_io: int = 1 << 20
+    amplify_io: int = 1 << 20  # blob-order amplification of a demand miss, stored bytes
     fs_prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+    readahead: ReadaheadConfig = field(default_factory=ReadaheadConfig)
 
 
 JsonObject = dict[str, object]
@@ -144,16 +167,31 @@ def _prefetch(obj: JsonObject) -> PrefetchConfig:
     where = "fs_prefetch."
     _only(obj, where, ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
     return PrefetchConfig(
-        enable=_bool(obj, "enable", where, False),
-        threads_count=_int(obj, "threads_count", where, 4, 1),
+        enable=_bool(obj, "enable", where, True),
+        threads_count=_int(obj, "threads_count", where, 8, 1),
         merging_size=_int(obj, "merging_size", where, 1 << 20, 1),
         bandwidth_rate=_int(obj, "bandwidth_rate", where, 0, 0),
         prefetch_all=_bool(obj, "prefetch_all", where, False),
     )
 
 
+def _readahead(obj: JsonObject) -> ReadaheadConfig:
+    where = "readahead."
+    _only(obj, where, ("whole_file_max", "window_max"))
+    return ReadaheadConfig(
+        whole_file_max=_int(obj, "whole_file_max", where, 64 << 20, 0),
+        window_max=_int(obj, "window_max", where, 32 << 20, 0),
+    )
+
+
 def check_remote_backend(backend_type: str, options: Mapping[str, object]) -> None:
-    """Have the backend read its options now, so a bad key stops the start, not the first read."""
+    """Have the backend read its options now, so a bad key stops the start, not the first read.
+
+    Imported here, not at the top: a local mount never pays for importing `requests`.
+    """
+    from daemon.storage.http import HttpBackend
+    from daemon.storage.registry import RegistryBackend
+
     factory = HttpBackend.from_config if backend_type == "http" else RegistryBackend.from_config
     factory(options).close()
 
@@ -164,7 +202,16 @@ def parse_config(data: object) -> DaemonConfig:
     _only(
         top,
         "",
-        ("device", "mode", "digest_validate", "iostats_files", "enable_xattr", "amplify_io", "fs_prefetch"),
+        (
+            "device",
+            "mode",
+            "digest_validate",
+            "iostats_files",
+            "enable_xattr",
+            "amplify_io",
+            "fs_prefetch",
+            "readahead",
+        ),
     )
     device = _object(top.get("device"), "device") if "device" in top else {}
     _only(device, "device.", ("backend", "cache"))
@@ -174,11 +221,12 @@ def parse_config(data: object) -> DaemonConfig:
         backend=_backend(_object(device["backend"], "device.backend")),
         cache=_cache(_object(device.get("cache", {}), "device.cache")),
         mode=_str(top, "mode", "", "direct", MODES),
-        digest_validate=_bool(top, "digest_validate", "", True),
+        digest_validate=_bool(top, "digest_validate", "", False),
         iostats_files=_bool(top, "iostats_files", "", False),
         enable_xattr=_bool(top, "enable_xattr", "", True),
         amplify_io=_int(top, "amplify_io", "", 1 << 20, 0),
         fs_prefetch=_prefetch(_object(top.get("fs_prefetch", {}), "fs_prefetch")),
+        readahead=_readahead(_object(top.get("readahead", {}), "readahead")),
     )
 
 

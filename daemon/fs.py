@@ -254,6 +254,7 @@ class RafsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         if self.trace is not None:
             self.trace.record(inode, self.path_of(inode))
+        self.reader.opened(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @_translate

@@ -1,12 +1,12 @@
-"""`Prefetcher`: fetch likely-needed chunks in the background after mounting.
+"""`Prefetcher`: fetch the prefetch list in the background after mounting.
 
 What: the files of `--prefetch-files` (or else the bootstrap's prefetch table; a directory means
-its whole subtree), then, with `prefetch_all`, every chunk of every blob. How: chunks not yet
-cached, sorted by blob and offset, cut into runs of adjacent chunks of at most `merging_size`
-bytes, one range request each, through `ChunkSource` so a chunk being prefetched is never
-fetched twice (single flight). On-demand reads go first: a run starts only when no read waits
-for a fetch slot, and prefetch holds one slot at a time. `bandwidth_rate` (bytes/s, 0 =
-unlimited) paces the runs. Runs in the daemon's nursery; cancelled at unmount.
+its whole subtree), then, with `prefetch_all`, every chunk of every blob. How: the chunks not yet
+cached are queued at once, in merged runs, at prefetch priority (`daemon.chunks`): the fetch
+workers take them whenever no on-demand read or readahead is waiting, so the link stays busy
+without delaying reads, and `bandwidth_rate` (bytes/s, 0 = unlimited) paces them. A chunk being
+prefetched is never fetched twice (single flight); a read that needs one not yet started moves
+its run to the front. Runs in the daemon's nursery; cancelled at unmount.
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ from dataclasses import dataclass
 
 import trio
 
-from daemon.chunks import ChunkSource
-from daemon.storage.fetch import ChunkRequest, merge_ranges
+from daemon.chunks import ChunkSource, Priority
+from daemon.storage.fetch import ChunkRequest
 from rafs.bootstrap import Bootstrap
-from rafs.errors import NydusError
 
 log = logging.getLogger(__name__)
-
-POLL_S = 0.005
 
 
 @dataclass
 class PrefetchStats:
-    runs: int = 0
     chunks: int = 0
     bytes: int = 0
     errors: int = 0
@@ -58,7 +54,7 @@ def file_inodes(bootstrap: Bootstrap, paths: Iterable[bytes]) -> list[int]:
 
 
 def file_requests(chunks: ChunkSource, inodes: Iterable[int]) -> list[ChunkRequest]:
-    """Every stored (non-zero) chunk of these files."""
+    """Every stored (non-zero) chunk of these files, in list order."""
     bootstrap = chunks.bootstrap
     requests: list[ChunkRequest] = []
     for ino in inodes:
@@ -66,7 +62,7 @@ def file_requests(chunks: ChunkSource, inodes: Iterable[int]) -> list[ChunkReque
         for index in range(inode.data_start, inode.data_start + inode.data_count):
             record = bootstrap.chunk(index)
             if not record.is_zero:
-                requests.append(ChunkRequest(index, record, bootstrap.blobs[record.blob_index]))
+                requests.append(chunks.request(index, record))
     return requests
 
 
@@ -77,73 +73,43 @@ def all_requests(chunks: ChunkSource) -> list[ChunkRequest]:
     for index in range(bootstrap.superblock.chunk_count):
         record = bootstrap.chunk(index)
         if not record.is_zero:
-            requests.append(ChunkRequest(index, record, bootstrap.blobs[record.blob_index]))
+            requests.append(chunks.request(index, record))
     return requests
 
 
 class Prefetcher:
-    """Background fetching that always yields to on-demand reads."""
+    """Background fetching that always yields to on-demand reads and readahead."""
 
-    def __init__(
-        self,
-        chunks: ChunkSource,
-        *,
-        files: Sequence[bytes] | None,
-        prefetch_all: bool,
-        merging_size: int,
-        bandwidth_rate: int = 0,
-    ) -> None:
+    def __init__(self, chunks: ChunkSource, *, files: Sequence[bytes] | None, prefetch_all: bool) -> None:
         self.chunks = chunks
         self.files = files
         self.prefetch_all = prefetch_all
-        self.merging_size = merging_size
-        self.bandwidth_rate = bandwidth_rate
         self.stats = PrefetchStats()
 
-    def plan(self) -> list[list[ChunkRequest]]:
-        """Runs to fetch, hinted files first; blocking (walks tables), so run in a thread."""
+    def plan(self) -> list[ChunkRequest]:
+        """Chunks to fetch, listed files first; blocking (walks tables), so run in a thread."""
         bootstrap = self.chunks.bootstrap
         inodes = file_inodes(bootstrap, self.files) if self.files is not None else bootstrap.prefetch_inodes()
-        runs = self._runs(file_requests(self.chunks, inodes))
+        requests = file_requests(self.chunks, inodes)
         if self.prefetch_all:
-            planned = {request.key for run in runs for request in run}
-            runs += self._runs([r for r in all_requests(self.chunks) if r.key not in planned])
-        return runs
-
-    def _runs(self, requests: list[ChunkRequest]) -> list[list[ChunkRequest]]:
-        missing = [request for request in requests if not self.chunks.cache.has(request.key)]
-        return merge_ranges(missing, self.merging_size)
-
-    async def _turn(self) -> None:
-        """Wait until no on-demand read waits for a fetch slot and one is free."""
-        limiter = self.chunks.fetch_limiter
-        while True:
-            stats = limiter.statistics()
-            if stats.tasks_waiting == 0 and stats.borrowed_tokens < stats.total_tokens:
-                return
-            await trio.sleep(POLL_S)
+            planned = {request.key for request in requests}
+            requests += [request for request in all_requests(self.chunks) if request.key not in planned]
+        return requests
 
     async def run(self) -> None:
-        """Fetch every planned run, then return; errors are logged and counted, never raised."""
-        runs = await trio.to_thread.run_sync(self.plan)
-        total = sum(request.record.compressed_size for run in runs for request in run)
-        log.info("prefetch: %d chunks in %d runs, %d bytes", sum(map(len, runs)), len(runs), total)
+        """Fetch every planned chunk, then return; errors are logged and counted, never raised."""
+        requests = await trio.to_thread.run_sync(self.plan)
+        wanted = [request for request in requests if self.chunks.absent(request)]
+        total = sum(request.record.compressed_size for request in wanted)
+        if not wanted:
+            log.debug("prefetch: nothing to fetch (%d chunks listed)", len(requests))
+            return
+        log.info("prefetch: %d chunks, %d bytes", len(wanted), total)
         started = time.monotonic()
-        for run in runs:
-            await self._turn()
-            run = [request for request in run if not self.chunks.cache.has(request.key)]
-            if not run:
-                continue
-            results = await self.chunks.fetch(run)
-            failed = [result for result in results.values() if isinstance(result, NydusError)]
-            self.stats.runs += 1
-            self.stats.chunks += len(run) - len(failed)
-            self.stats.bytes += sum(request.record.compressed_size for request in run)
-            if failed:
-                self.stats.errors += len(failed)
-                log.warning("prefetch: %d chunk(s) failed: %s", len(failed), failed[0])
-            if self.bandwidth_rate:
-                ahead = self.stats.bytes / self.bandwidth_rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await trio.sleep(ahead)
+        failed = await self.chunks.fetch(wanted, Priority.PREFETCH)
+        self.stats.chunks += len(wanted) - failed
+        self.stats.bytes += total
+        self.stats.errors += failed
+        if failed:
+            log.warning("prefetch: %d chunk(s) failed", failed)
         log.info("prefetch done: %s in %.1f s", self.stats, time.monotonic() - started)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -24,12 +25,12 @@ from daemon.config import BackendConfig, CacheConfig, DaemonConfig
 from daemon.fs import RafsOperations
 from daemon.mountpoint import mounts_at, prepare_mountpoint
 from daemon.prefetch import Prefetcher
+from daemon.readahead import Readahead
 from daemon.reader import FileReader
 from daemon.storage.backend import BlobBackend
 from daemon.storage.cache import ChunkCache, DiskChunkCache, MemoryChunkCache
-from daemon.storage.http import HttpBackend
 from daemon.storage.localfs import LocalFsBackend
-from daemon.storage.registry import RegistryBackend
+from daemon.timeline import Timeline
 from daemon.trace import AccessTrace
 from rafs.mapped import open_bootstrap
 
@@ -49,13 +50,22 @@ class ServeOptions:
     allow_other: bool = True
     prefetch_files: tuple[bytes, ...] | None = None  # `--prefetch-files`: overrides the bootstrap's table
     trace_out: str | None = None  # `--trace-out`: first-access order of files
+    timeline_out: str | None = None  # `--timeline-out`: requests and blocked reads, for benchmarks
+    started_at: float = 0.0  # when the process began (time.time()), for the timeline
 
 
 def open_backend(config: BackendConfig) -> BlobBackend:
-    """The configured backend: `localfs`, `http` (a URL prefix) or `registry`."""
+    """The configured backend: `localfs`, `http` (a URL prefix) or `registry`.
+
+    The remote ones are imported only when used: a local mount never imports `requests`.
+    """
     if config.type == "http":
+        from daemon.storage.http import HttpBackend
+
         return HttpBackend.from_config(config.options)
     if config.type == "registry":
+        from daemon.storage.registry import RegistryBackend
+
         return RegistryBackend.from_config(config.options)
     return LocalFsBackend(config.localfs.dir)
 
@@ -116,21 +126,34 @@ async def serve(
     config = options.config
     bootstrap = open_bootstrap(options.bootstrap)
     backend = backend if backend is not None else open_backend(config.backend)
+    timeline = Timeline(options.started_at or time.time()) if options.timeline_out else None
+    fetch_workers = config.fs_prefetch.threads_count
     chunks = ChunkSource(
         bootstrap,
         backend,
         open_cache(config.cache),
         validate=config.digest_validate,
         merging_size=config.fs_prefetch.merging_size,
-        fetch_threads=config.fs_prefetch.threads_count,
-        amplify_io=config.amplify_io,
+        fetch_workers=fetch_workers,
+        demand_workers=max(1, fetch_workers // 4),
+        bandwidth_rate=config.fs_prefetch.bandwidth_rate,
+        timeline=timeline,
     )
-    reader = FileReader(bootstrap, chunks, readahead=config.amplify_io)
+    readahead = Readahead(
+        bootstrap,
+        chunks,
+        amplify_io=config.amplify_io,
+        whole_file_max=config.readahead.whole_file_max,
+        window_max=config.readahead.window_max,
+    )
+    reader = FileReader(bootstrap, chunks, readahead, timeline)
     trace = AccessTrace(options.trace_out) if options.trace_out else None
     operations = RafsOperations(bootstrap, reader, enable_xattr=config.enable_xattr, trace=trace)
     mountpoint = os.path.abspath(options.mountpoint)
     prepare_mountpoint(mountpoint)
     pyfuse3.init(operations, mountpoint, mount_options(options.allow_other))
+    if timeline is not None:
+        timeline.mounted()
     log.info(
         "mounted %s at %s (%d inodes, %d blobs)",
         options.bootstrap,
@@ -142,16 +165,11 @@ async def serve(
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(chunks.run)
             nursery.start_soon(partial(trio.to_thread.run_sync, raise_readahead, mountpoint, abandon_on_cancel=True))
             prefetch = config.fs_prefetch
             if prefetch.enable or options.prefetch_files is not None:
-                prefetcher = Prefetcher(
-                    chunks,
-                    files=options.prefetch_files,
-                    prefetch_all=prefetch.prefetch_all,
-                    merging_size=prefetch.merging_size,
-                    bandwidth_rate=prefetch.bandwidth_rate,
-                )
+                prefetcher = Prefetcher(chunks, files=options.prefetch_files, prefetch_all=prefetch.prefetch_all)
                 nursery.start_soon(prefetcher.run)
             await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
@@ -160,4 +178,6 @@ async def serve(
         backend.close()
         if trace is not None:
             trace.close()
+        if timeline is not None and options.timeline_out:
+            timeline.write(options.timeline_out)
         log.info("unmounted %s (%s)", mountpoint, chunks.stats)

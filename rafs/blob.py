@@ -3,19 +3,23 @@
 A blob is the concatenation of its chunks' stored bytes. A chunk is stored either as one frame
 of the blob's compressor (flag `CHUNK_COMPRESSED`) or raw, when compressing did not make it
 smaller. A reader verifies before it trusts: exact sizes first, then the digest of the
-decompressed bytes. Nothing here touches files or the network.
+decompressed bytes. Decoding has one definition, `native`'s (the C code and its pure twin,
+`native.pure.decompress_one`): a zstd chunk is exactly one frame that records its content size.
+Nothing here touches files or the network.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import lz4.block
 import zstandard
 
+import native
 from rafs import layout
 from rafs.digest import chunk_digest
-from rafs.errors import ChunkDigestMismatch, CorruptChunk
+from rafs.errors import ChunkDigestMismatch, ChunkError, CorruptChunk
 from rafs.records import ChunkRecord
 
 ZSTD_LEVEL = 3
@@ -39,44 +43,63 @@ def compress_chunk(data: bytes, compressor: int) -> tuple[bytes, bool]:
     return frame, True
 
 
-def decompress_chunk(stored: bytes, record: ChunkRecord, compressor: int) -> bytes:
-    """The chunk's uncompressed bytes; `CorruptChunk` unless they are exactly the recorded size."""
-    if len(stored) != record.compressed_size:
-        raise CorruptChunk(f"stored size {len(stored)}, expected {record.compressed_size}")
-    if not record.is_compressed:
-        data = stored
-    else:
-        try:
-            if compressor == layout.COMPRESSOR_ZSTD:
-                data = zstandard.ZstdDecompressor().decompress(
-                    stored, max_output_size=record.uncompressed_size, allow_extra_data=False
-                )
-            elif compressor == layout.COMPRESSOR_LZ4_BLOCK:
-                data = lz4.block.decompress(stored, uncompressed_size=record.uncompressed_size)
-            else:
-                raise CorruptChunk(f"compressed chunk in a blob with compressor {compressor}")
-        except (zstandard.ZstdError, lz4.block.LZ4BlockError) as error:
-            raise CorruptChunk(f"cannot decompress: {error}") from None
-    if len(data) != record.uncompressed_size:
-        raise CorruptChunk(f"decompressed to {len(data)} bytes, expected {record.uncompressed_size}")
-    return data
-
-
-def decode_chunk(
-    stored: bytes,
-    record: ChunkRecord,
+def decode_run(
+    stored_run: bytes | memoryview,
+    start: int,
+    records: Sequence[ChunkRecord],
     compressor: int,
     digester: int,
-    *,
-    validate: bool = True,
-) -> bytes:
+) -> list[bytes | ChunkError]:
+    """Each stored chunk of a run, turned into its verified uncompressed bytes or its own error.
+
+    `stored_run` holds the blob's bytes from offset `start`; `records` are chunks stored in it
+    (none of them a zero chunk). The run is decompressed by one `native.decompress_batch` call
+    (the one definition of a valid chunk: `native.pure.decompress_one`); if that fails, each
+    chunk is decompressed on its own, so one bad chunk fails alone. Then every chunk's digest is
+    checked: bytes are only ever returned verified.
+    """
+    frames = [(r.compressed_offset - start, r.compressed_size, r.is_compressed, r.uncompressed_size) for r in records]
+    pieces: list[bytes | ChunkError]
+    try:
+        output = bytearray(sum(record.uncompressed_size for record in records))
+        native.decompress_batch(compressor, stored_run, frames, output)
+    except (CorruptChunk, ValueError):
+        pieces = [_decompress_one(stored_run, frame, compressor) for frame in frames]
+    else:
+        view = memoryview(output)
+        pieces, cursor = [], 0
+        for record in records:
+            pieces.append(bytes(view[cursor : cursor + record.uncompressed_size]))
+            cursor += record.uncompressed_size
+    for position, (piece, record) in enumerate(zip(pieces, records, strict=True)):
+        if isinstance(piece, bytes) and chunk_digest(piece, digester) != record.digest:
+            pieces[position] = ChunkDigestMismatch("digest mismatch")
+    return pieces
+
+
+def _decompress_one(stored_run: bytes | memoryview, frame: native.StoredChunk, compressor: int) -> bytes | ChunkError:
+    """One chunk of a run on its own: its bytes or the `CorruptChunk` that says why not."""
+    offset, length, _, uncompressed_size = frame
+    output = bytearray(uncompressed_size)
+    try:
+        native.decompress_batch(compressor, stored_run, [frame], output)
+    except CorruptChunk as error:
+        return CorruptChunk(str(error).removeprefix("frame 0 of the batch: "))
+    except ValueError:
+        return CorruptChunk(f"stored bytes [{offset}, +{length}) lie outside what was read")
+    return bytes(output)
+
+
+def decode_chunk(stored: bytes | memoryview, record: ChunkRecord, compressor: int, digester: int) -> bytes:
     """Stored chunk bytes -> verified uncompressed bytes. Raises a `ChunkError` subclass."""
     if record.is_zero:
         return bytes(record.uncompressed_size)
-    data = decompress_chunk(stored, record, compressor)
-    if validate and chunk_digest(data, digester) != record.digest:
-        raise ChunkDigestMismatch("digest mismatch")
-    return data
+    if len(stored) != record.compressed_size:
+        raise CorruptChunk(f"stored size {len(stored)}, expected {record.compressed_size}")
+    (piece,) = decode_run(stored, record.compressed_offset, [record], compressor, digester)
+    if isinstance(piece, ChunkError):
+        raise piece
+    return piece
 
 
 def blob_id_of(data_sha256: hashlib._Hash) -> str:

@@ -1,17 +1,25 @@
-"""The chunk cache: verified chunks on local disk, so each is fetched from a backend once.
+"""The chunk cache: verified, uncompressed chunks on local disk, so a hit is one `pread`.
 
-`DiskChunkCache` mirrors each blob sparsely: `work_dir/<blob_id>.blob.data` holds a chunk's
-stored bytes at the chunk's own offset in the blob, and `work_dir/<blob_id>.chunk_map` is an
-append-only log of the offsets whose chunk is complete. A chunk is published by writing its
-bytes first and appending its offset second, and only chunks that passed verification are
-published, so a crash between the two leaves the chunk absent (it is fetched again), never
-half-present; a torn record at the log's end is ignored. Locations are fixed by the blob's
-layout, so several daemons may share one `work_dir` (they write identical bytes to identical
-places), and the cache survives restarts. Caching stored bytes keeps one layout for every
-compressor; a hit is decompressed again, which costs less than the fetch it saves.
+`DiskChunkCache` keeps two files per blob under `work_dir`:
+
+- `<blob_id>.chunks`: the uncompressed bytes of cached chunks, appended one after another;
+- `<blob_id>.chunk_index`: an append-only log of 56-byte records, one per cached chunk: where
+  the chunk is stored in the blob (its key), where its bytes sit in the `.chunks` file, how many
+  there are, and the chunk's digest.
+
+Only chunks that passed verification against their digest are ever stored (the fetch path
+verifies before `put`), so a record in the index means "these bytes are this chunk". A chunk is
+published by writing its bytes first and its record second, under an exclusive `flock` on the
+index (which also picks the append position), so a crash between the two leaves bytes nobody
+points at, never a record pointing at missing bytes; a torn record at the log's end is ignored
+(and cut off by the next writer, under the lock).
+Several daemons may share one `work_dir`: each appends under the lock, and a daemon picks up
+what others stored (`refresh`) before it fetches. A hit is checked against the digest the reader
+expects (a cheap comparison, no hashing), so a record can never be served for another chunk;
+re-hashing the bytes on every hit is the caller's choice (`digest_validate`).
 
 With a `size_limit`, least recently used blobs are evicted whole once the files in `work_dir`
-take more space than that; a blob's last use is its map's mtime, touched on reads (at most
+take more space than that; a blob's last use is its index's mtime, touched on reads (at most
 every few seconds), stores and mounts. `blob_usage` reports what is cached (`nydusctl cache`).
 
 `MemoryChunkCache` is a small LRU for mounts configured without a cache directory.
@@ -20,6 +28,7 @@ Synchronous and thread-safe; no event loop here.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -34,10 +43,11 @@ from typing import Protocol
 from daemon.storage.backend import check_blob_id
 from rafs.errors import NydusError
 
-_OFFSET = struct.Struct("<Q")
+# compressed_offset (the key), position in the .chunks file, uncompressed size, reserved, digest
+_RECORD = struct.Struct("<QQII32s")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-DATA_SUFFIX = ".blob.data"
-MAP_SUFFIX = ".chunk_map"
+DATA_SUFFIX = ".chunks"
+INDEX_SUFFIX = ".chunk_index"
 TOUCH_INTERVAL_S = 10.0
 EVICT_TO = 0.9  # eviction frees space down to this fraction of the limit
 
@@ -52,11 +62,19 @@ class CacheError(NydusError):
 
 @dataclass(frozen=True, slots=True)
 class ChunkKey:
-    """A stored chunk: its blob, and where its stored bytes lie in the blob."""
+    """A chunk of a blob, named by where its stored bytes begin in the blob (unique per blob)."""
 
     blob_id: str
     compressed_offset: int
-    compressed_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedChunk:
+    """Where a cached chunk's uncompressed bytes are, and the digest they were verified against."""
+
+    position: int
+    size: int
+    digest: bytes
 
 
 class ChunkCache(Protocol):
@@ -66,58 +84,91 @@ class ChunkCache(Protocol):
         """Load what is known about these blobs, so `has` answers without I/O."""
         ...
 
-    def has(self, key: ChunkKey) -> bool:
-        """Whether the chunk is cached; cheap, no I/O."""
+    def has(self, key: ChunkKey, digest: bytes) -> bool:
+        """Whether the chunk is cached (and is the chunk with `digest`); cheap, no I/O."""
         ...
 
-    def get(self, key: ChunkKey) -> bytes | None:
-        """The chunk's stored bytes, or None if it is not cached."""
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
+        """Bytes [start, start+length) of the cached chunk, or None if it is not cached."""
         ...
 
-    def put(self, key: ChunkKey, stored: bytes) -> None:
-        """Publish a verified chunk's stored bytes (again, to repair a damaged copy)."""
+    def put(self, key: ChunkKey, digest: bytes, data: bytes) -> None:
+        """Publish a verified chunk's uncompressed bytes."""
+        ...
+
+    def refresh(self, blob_id: str) -> None:
+        """Pick up chunks that other daemons sharing the cache stored meanwhile."""
         ...
 
     def close(self) -> None: ...
 
 
-def _read_map(descriptor: int) -> set[int]:
-    """The complete offsets recorded in a chunk map; a torn last record is not a record."""
-    raw = b""
-    while part := os.read(descriptor, 1 << 20):
-        raw += part
-    whole = len(raw) - len(raw) % _OFFSET.size
-    return {offset for (offset,) in _OFFSET.iter_unpack(raw[:whole])}
-
-
 class _BlobFiles:
-    """The data file, the log and the set of complete offsets of one blob."""
+    """The data file, the index and the loaded records of one blob."""
 
     def __init__(self, work_dir: str, blob_id: str) -> None:
         check_blob_id(blob_id)
         base = os.path.join(work_dir, blob_id)
         self.data = os.open(base + DATA_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.log = os.open(base + MAP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self.ready = _read_map(self.log)
+        self.index = os.open(base + INDEX_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.chunks: dict[int, CachedChunk] = {}
+        self.loaded = 0  # bytes of the index read so far
         self.touched = 0.0  # when this process last marked the blob as used (monotonic)
+        self.lock = threading.Lock()  # guards `chunks` and `loaded`
+        self.append_lock = threading.Lock()
+        self.load()
+
+    def load(self) -> None:
+        """Read index records appended since the last call; a torn last record waits for the next."""
+        with self.lock:
+            size = os.fstat(self.index).st_size
+            if size - self.loaded < _RECORD.size:
+                return
+            raw = os.pread(self.index, size - self.loaded, self.loaded)
+            whole = len(raw) - len(raw) % _RECORD.size
+            for offset, position, length, _, digest in _RECORD.iter_unpack(raw[:whole]):
+                self.chunks[offset] = CachedChunk(position, length, digest)
+            self.loaded += whole
+
+    def append(self, offset: int, digest: bytes, data: bytes) -> None:
+        """Store `data` at the end of the data file, then its record.
+
+        The threading lock keeps this process's threads apart (a `flock` is held by the open
+        file, which they share); the `flock` keeps other processes sharing the cache apart.
+        """
+        with self.append_lock:
+            fcntl.flock(self.index, fcntl.LOCK_EX)
+            try:
+                torn = os.fstat(self.index).st_size % _RECORD.size
+                if torn:  # a writer died mid-record (none can be writing now): drop its part
+                    os.ftruncate(self.index, os.fstat(self.index).st_size - torn)
+                position = os.fstat(self.data).st_size
+                written = os.pwrite(self.data, data, position)
+                if written != len(data):
+                    raise OSError(28, "short write")  # ENOSPC is what a short write means here
+                os.write(self.index, _RECORD.pack(offset, position, len(data), 0, digest))
+            finally:
+                fcntl.flock(self.index, fcntl.LOCK_UN)
+        with self.lock:
+            self.chunks[offset] = CachedChunk(position, len(data), digest)
 
     def touch(self) -> None:
-        """Mark the blob used now (the map's mtime), at most once per `TOUCH_INTERVAL_S`."""
+        """Mark the blob used now (the index's mtime), at most once per `TOUCH_INTERVAL_S`."""
         now = time.monotonic()
         if now - self.touched >= TOUCH_INTERVAL_S:
             self.touched = now
             try:
-                os.utime(self.log)
+                os.utime(self.index)
             except OSError:
                 pass
 
     def close(self) -> None:
         os.close(self.data)
-        os.close(self.log)
+        os.close(self.index)
 
 
 class DiskChunkCache:
-    """Sparse blob mirrors under `work_dir`; see the module docstring for the crash argument."""
+    """Uncompressed chunks under `work_dir`; see the module docstring for the crash argument."""
 
     def __init__(self, work_dir: str, *, size_limit: int = 0) -> None:
         try:
@@ -148,38 +199,57 @@ class DiskChunkCache:
         for blob_id in blob_ids:
             self._files(blob_id).touch()
 
-    def has(self, key: ChunkKey) -> bool:
+    def _cached(self, key: ChunkKey, digest: bytes, *, open_files: bool) -> tuple[_BlobFiles, CachedChunk] | None:
         files = self._blobs.get(key.blob_id)
-        return files is not None and key.compressed_offset in files.ready
-
-    def get(self, key: ChunkKey) -> bytes | None:
-        files = self._files(key.blob_id)
-        if key.compressed_offset not in files.ready:
+        if files is None:
+            if not open_files:
+                return None
+            files = self._files(key.blob_id)
+        cached = files.chunks.get(key.compressed_offset)
+        if cached is None or cached.digest != digest:
             return None
-        stored = os.pread(files.data, key.compressed_size, key.compressed_offset)
-        files.touch()
-        return stored if len(stored) == key.compressed_size else None
+        return files, cached
 
-    def put(self, key: ChunkKey, stored: bytes) -> None:
+    def has(self, key: ChunkKey, digest: bytes) -> bool:
+        return self._cached(key, digest, open_files=False) is not None
+
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
+        found = self._cached(key, digest, open_files=True)
+        if found is None:
+            return None
+        files, cached = found
+        if start + length > cached.size:
+            return None
+        data = os.pread(files.data, length, cached.position + start)
+        files.touch()
+        return data if len(data) == length else None
+
+    def put(self, key: ChunkKey, digest: bytes, data: bytes) -> None:
         files = self._files(key.blob_id)
         try:
-            os.pwrite(files.data, stored, key.compressed_offset)
-            os.write(files.log, _OFFSET.pack(key.compressed_offset))
+            files.append(key.compressed_offset, digest, data)
         except OSError as error:
             raise CacheError(f"cannot store a chunk in {self.work_dir}: {error.strerror}") from None
-        files.ready.add(key.compressed_offset)
         if self.size_limit:
-            self._used += len(stored)
+            self._used += len(data) + _RECORD.size
             if self._used > self.size_limit:
                 self.evict()
+
+    def refresh(self, blob_id: str) -> None:
+        files = self._blobs.get(blob_id)
+        if files is not None:
+            try:
+                files.load()
+            except OSError as error:
+                log.warning("cache index of blob %s unreadable: %s", blob_id[:16], error.strerror)
 
     def evict(self) -> None:
         """Remove least recently used blobs until the cache is under `EVICT_TO` of its limit.
 
         Usage is measured on disk, so chunks other daemons stored count too. A blob is removed
-        by unlinking its map, then its data: a crash in between leaves data without a map,
-        which holds no ready chunk. A daemon that still has the files open keeps reading its
-        own (now unlinked) copy; this one starts the blob afresh.
+        by unlinking its index, then its data: a crash in between leaves data without an index,
+        which holds no chunk. A daemon that still has the files open keeps reading its own (now
+        unlinked) copy; this one starts the blob afresh.
         """
         with self._evict_lock:
             usages = sorted(blob_usage(self.work_dir), key=lambda usage: usage.last_use)
@@ -189,7 +259,7 @@ class DiskChunkCache:
                 if used <= target:
                     break
                 base = os.path.join(self.work_dir, usage.blob_id)
-                for suffix in (MAP_SUFFIX, DATA_SUFFIX):
+                for suffix in (INDEX_SUFFIX, DATA_SUFFIX):
                     try:
                         os.unlink(base + suffix)
                     except FileNotFoundError:
@@ -216,8 +286,8 @@ class BlobUsage:
     """What the cache holds of one blob: for `nydusctl cache` and for eviction."""
 
     blob_id: str
-    chunks: int  # complete chunks recorded in its map
-    disk_bytes: int  # space its files take on disk (the data file is sparse)
+    chunks: int  # chunks recorded in its index
+    disk_bytes: int  # space its files take on disk
     last_use: float  # seconds since the epoch: when a daemon last read, stored or mounted it
 
 
@@ -229,52 +299,58 @@ def blob_usage(work_dir: str) -> list[BlobUsage]:
         return []
     result = []
     for name in names:
-        blob_id = name[: -len(MAP_SUFFIX)]
-        if not name.endswith(MAP_SUFFIX) or not _HEX64.fullmatch(blob_id):
+        blob_id = name[: -len(INDEX_SUFFIX)]
+        if not name.endswith(INDEX_SUFFIX) or not _HEX64.fullmatch(blob_id):
             continue
         base = os.path.join(work_dir, blob_id)
         try:
-            with open(base + MAP_SUFFIX, "rb") as chunk_map:
-                chunks = len(_read_map(chunk_map.fileno()))
-                map_stat = os.fstat(chunk_map.fileno())
+            index_stat = os.stat(base + INDEX_SUFFIX)
             data_blocks = os.stat(base + DATA_SUFFIX).st_blocks
         except FileNotFoundError:  # evicted meanwhile, or data not yet created
             continue
-        result.append(BlobUsage(blob_id, chunks, (data_blocks + map_stat.st_blocks) * 512, map_stat.st_mtime))
+        chunks = index_stat.st_size // _RECORD.size
+        disk_bytes = (data_blocks + index_stat.st_blocks) * 512
+        result.append(BlobUsage(blob_id, chunks, disk_bytes, index_stat.st_mtime))
     return result
 
 
 class MemoryChunkCache:
-    """A bounded LRU of stored chunks in memory, for mounts without a cache directory."""
+    """A bounded LRU of uncompressed chunks in memory, for mounts without a cache directory."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
-        self._chunks: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self._chunks: OrderedDict[ChunkKey, tuple[bytes, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def prepare(self, blob_ids: Iterable[str]) -> None:
         """Nothing to load: a memory cache starts empty."""
 
-    def has(self, key: ChunkKey) -> bool:
-        return key in self._chunks
+    def has(self, key: ChunkKey, digest: bytes) -> bool:
+        found = self._chunks.get(key)
+        return found is not None and found[0] == digest
 
-    def get(self, key: ChunkKey) -> bytes | None:
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
         with self._lock:
-            stored = self._chunks.get(key)
-            if stored is not None:
-                self._chunks.move_to_end(key)
-            return stored
+            found = self._chunks.get(key)
+            if found is None or found[0] != digest or start + length > len(found[1]):
+                return None
+            self._chunks.move_to_end(key)
+        data = found[1]
+        return data if start == 0 and length == len(data) else data[start : start + length]
 
-    def put(self, key: ChunkKey, stored: bytes) -> None:
+    def put(self, key: ChunkKey, digest: bytes, data: bytes) -> None:
         with self._lock:
-            if key in self._chunks or len(stored) > self.max_bytes:
+            if key in self._chunks or len(data) > self.max_bytes:
                 return
-            self._chunks[key] = stored
-            self._bytes += len(stored)
+            self._chunks[key] = (digest, data)
+            self._bytes += len(data)
             while self._bytes > self.max_bytes:
-                _, evicted = self._chunks.popitem(last=False)
+                _, (_, evicted) = self._chunks.popitem(last=False)
                 self._bytes -= len(evicted)
+
+    def refresh(self, blob_id: str) -> None:
+        """Nothing to pick up: a memory cache is this process's own."""
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Blob-order readahead in `ChunkSource`: a miss also fetches the chunks stored after it.
+"""Blob-order amplification (`Readahead.along`): a demand miss also fetches the chunks stored after it.
 
 Files "a", "b", "c" are one small chunk each, stored back to back in that order.
 """
@@ -11,10 +11,12 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
-from daemon import chunks
+from daemon import readahead
 from daemon.blob_order import BlobOrder
 from daemon.chunks import ChunkSource
+from daemon.readahead import Readahead
 from daemon.storage.cache import ChunkKey, DiskChunkCache
 from rafs import layout
 from rafs.bootstrap import Bootstrap
@@ -22,6 +24,7 @@ from rafs.errors import ChunkDigestMismatch
 from rafs.mapped import open_bootstrap
 from rafs.records import ChunkRecord
 from tests.daemon.images import build_image
+from tests.daemon.sources import make_source, running
 from tests.daemon.test_chunks import CHUNK, GatedBackend, read
 
 AMPLIFY = 1 << 20
@@ -53,11 +56,12 @@ def chunk_of(bootstrap: Bootstrap, name: str) -> ChunkRecord:
 
 def source_for(
     image: Image, tmp_path: os.PathLike[str], amplify_io: int, cache_name: str = "cache"
-) -> tuple[ChunkSource, GatedBackend]:
+) -> tuple[ChunkSource, GatedBackend, Readahead]:
     bootstrap, blob_dir, _ = image
     backend = GatedBackend(blob_dir)
     cache = DiskChunkCache(os.path.join(tmp_path, cache_name))
-    return ChunkSource(bootstrap, backend, cache, amplify_io=amplify_io), backend
+    source, policies = make_source(bootstrap, backend, cache, amplify_io=amplify_io)
+    return source, backend, policies
 
 
 def corrupt(image: Image, name: str, byte: bytes = b"\xff") -> bytes:
@@ -76,23 +80,26 @@ def corrupt(image: Image, name: str, byte: bytes = b"\xff") -> bytes:
 @pytest.mark.parametrize(("amplify_io", "requests"), [(AMPLIFY, 1), (0, 2)])
 async def test_next_file_rides_along(image: Image, tmp_path: os.PathLike[str], amplify_io: int, requests: int) -> None:
     bootstrap, _, contents = image
-    source, backend = source_for(image, tmp_path, amplify_io)
-    assert await read(source, bootstrap, "a") == contents["a"]
-    assert await read(source, bootstrap, "b") == contents["b"]
-    assert len(backend.reads) == requests
+    source, backend, _policies = source_for(image, tmp_path, amplify_io)
+    async with running(source):
+        assert await read(source, bootstrap, "a") == contents["a"]
+        assert await read(source, bootstrap, "b") == contents["b"]
+        assert len(backend.reads) == requests
 
 
 @pytest.mark.trio
 async def test_readahead_stops_at_the_window_and_at_cached_chunks(image: Image, tmp_path: os.PathLike[str]) -> None:
     bootstrap, _, contents = image
     a, b = chunk_of(bootstrap, "a"), chunk_of(bootstrap, "b")
-    source, backend = source_for(image, tmp_path, b.compressed_size)  # room for one more chunk
-    assert await read(source, bootstrap, "a") == contents["a"]
-    assert backend.reads == [(a.compressed_offset, a.compressed_size + b.compressed_size)]
-    source, backend = source_for(image, tmp_path, AMPLIFY, "other-cache")
-    assert await read(source, bootstrap, "b") == contents["b"]  # b and c
-    assert await read(source, bootstrap, "a") == contents["a"]  # stops at b, cached
-    assert backend.reads[-1] == (a.compressed_offset, a.compressed_size)
+    source, backend, _ = source_for(image, tmp_path, b.compressed_size)  # room for one more chunk
+    async with running(source):
+        assert await read(source, bootstrap, "a") == contents["a"]
+        assert backend.reads == [(a.compressed_offset, a.compressed_size + b.compressed_size)]
+        source, backend, _policies = source_for(image, tmp_path, AMPLIFY, "other-cache")
+        async with running(source):
+            assert await read(source, bootstrap, "b") == contents["b"]  # b and c
+            assert await read(source, bootstrap, "a") == contents["a"]  # stops at b, cached
+            assert backend.reads[-1] == (a.compressed_offset, a.compressed_size)
 
 
 @pytest.mark.trio
@@ -102,18 +109,19 @@ async def test_a_corrupt_neighbour_is_not_cached_and_fails_only_its_own_reader(
     bootstrap, _, contents = image
     b = chunk_of(bootstrap, "b")
     good = corrupt(image, "b")
-    source, backend = source_for(image, tmp_path, AMPLIFY)
-    assert await read(source, bootstrap, "a") == contents["a"]
-    assert len(backend.reads) == 1  # no second try for a readahead chunk
-    blob_id = bootstrap.blobs[b.blob_index].blob_id
-    assert not source.cache.has(ChunkKey(blob_id, b.compressed_offset, b.compressed_size))
-    assert await read(source, bootstrap, "c") == contents["c"]  # c was read ahead and verified
-    assert len(backend.reads) == 1
-    with pytest.raises(ChunkDigestMismatch):
-        await read(source, bootstrap, "b")
-    corrupt(image, "b", good)
-    assert await read(source, bootstrap, "b") == contents["b"]
-    assert backend.reads[-1] == (b.compressed_offset, b.compressed_size)
+    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    async with running(source):
+        assert await read(source, bootstrap, "a") == contents["a"]
+        assert len(backend.reads) == 1  # no second try for a readahead chunk
+        blob_id = bootstrap.blobs[b.blob_index].blob_id
+        assert not source.cache.has(ChunkKey(blob_id, b.compressed_offset), b.digest)
+        assert await read(source, bootstrap, "c") == contents["c"]  # c was read ahead and verified
+        assert len(backend.reads) == 1
+        with pytest.raises(ChunkDigestMismatch):
+            await read(source, bootstrap, "b")
+        corrupt(image, "b", good)
+        assert await read(source, bootstrap, "b") == contents["b"]
+        assert backend.reads[-1] == (b.compressed_offset, b.compressed_size)
 
 
 @pytest.mark.trio
@@ -121,22 +129,23 @@ async def test_a_reader_waits_for_the_readahead_that_fetches_its_chunk(
     image: Image, tmp_path: os.PathLike[str]
 ) -> None:
     bootstrap, _, contents = image
-    source, backend = source_for(image, tmp_path, AMPLIFY)
-    backend.gate.clear()
-    results: dict[str, bytes] = {}
+    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    async with running(source):
+        backend.gate.clear()
+        results: dict[str, bytes] = {}
 
-    async def reader(name: str) -> None:
-        results[name] = await read(source, bootstrap, name)
+        async def reader(name: str) -> None:
+            results[name] = await read(source, bootstrap, name)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader, "a")
-        await trio.to_thread.run_sync(backend.waiting.wait, 10)
-        nursery.start_soon(reader, "b")
-        await trio.sleep(0.05)
-        backend.gate.set()
-    assert results == {"a": contents["a"], "b": contents["b"]}
-    assert len(backend.reads) == 1
-    assert source.stats.shared_waits == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, "a")
+            await trio.to_thread.run_sync(backend.waiting.wait, 10)
+            nursery.start_soon(reader, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            backend.gate.set()
+        assert results == {"a": contents["a"], "b": contents["b"]}
+        assert len(backend.reads) == 1
+        assert source.stats.shared_waits == 1
 
 
 @pytest.mark.trio
@@ -145,25 +154,26 @@ async def test_a_waiting_reader_fetches_again_when_the_readahead_copy_was_corrup
 ) -> None:
     bootstrap, _, contents = image
     corrupt(image, "b")
-    source, backend = source_for(image, tmp_path, AMPLIFY)
-    backend.gate.clear()
-    outcome: dict[str, object] = {}
+    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    async with running(source):
+        backend.gate.clear()
+        outcome: dict[str, object] = {}
 
-    async def reader(name: str) -> None:
-        try:
-            outcome[name] = await read(source, bootstrap, name)
-        except ChunkDigestMismatch as error:
-            outcome[name] = error
+        async def reader(name: str) -> None:
+            try:
+                outcome[name] = await read(source, bootstrap, name)
+            except ChunkDigestMismatch as error:
+                outcome[name] = error
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader, "a")
-        await trio.to_thread.run_sync(backend.waiting.wait, 10)
-        nursery.start_soon(reader, "b")
-        await trio.sleep(0.05)
-        backend.gate.set()
-    assert outcome["a"] == contents["a"]
-    assert isinstance(outcome["b"], ChunkDigestMismatch)
-    assert len(backend.reads) == 1 + 2  # b's own fetch and its retry
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, "a")
+            await trio.to_thread.run_sync(backend.waiting.wait, 10)
+            nursery.start_soon(reader, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            backend.gate.set()
+        assert outcome["a"] == contents["a"]
+        assert isinstance(outcome["b"], ChunkDigestMismatch)
+        assert len(backend.reads) == 1 + 2  # b's own fetch and its retry
 
 
 def test_blob_order_lists_stored_chunks_once_in_offset_order(image: Image) -> None:
@@ -188,17 +198,18 @@ async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_f
         built.wait(10)
         return build(bootstrap, blob_index)
 
-    monkeypatch.setattr(chunks, "INLINE_ORDER_CHUNKS", 0)
+    monkeypatch.setattr(readahead, "INLINE_ORDER_CHUNKS", 0)
     monkeypatch.setattr(BlobOrder, "build", slow_build)
-    source, backend = source_for(image, tmp_path, AMPLIFY)
-    with trio.fail_after(5):
-        assert await read(source, bootstrap, "a") == contents["a"]  # not delayed, no readahead yet
-    a = chunk_of(bootstrap, "a")
-    assert backend.reads == [(a.compressed_offset, a.compressed_size)]
-    built.set()
-    with trio.fail_after(10):
-        while source._blob_order(0) is None:
-            await trio.sleep(0.01)
-    assert await read(source, bootstrap, "b") == contents["b"]  # b and c
-    assert await read(source, bootstrap, "c") == contents["c"]
-    assert len(backend.reads) == 2
+    source, backend, policies = source_for(image, tmp_path, AMPLIFY)
+    async with running(source):
+        with trio.fail_after(5):
+            assert await read(source, bootstrap, "a") == contents["a"]  # not delayed, no readahead yet
+        a = chunk_of(bootstrap, "a")
+        assert backend.reads == [(a.compressed_offset, a.compressed_size)]
+        built.set()
+        with trio.fail_after(10):
+            while policies._blob_order(0) is None:
+                await trio.sleep(0.01)
+        assert await read(source, bootstrap, "b") == contents["b"]  # b and c
+        assert await read(source, bootstrap, "c") == contents["c"]
+        assert len(backend.reads) == 2

@@ -17,11 +17,12 @@ FULL = {
         "cache": {"type": "blobcache", "compressed": False, "config": {"work_dir": "/cache"}},
     },
     "mode": "direct",
-    "digest_validate": False,
+    "digest_validate": True,
     "iostats_files": True,
     "enable_xattr": False,
     "amplify_io": 4096,
-    "fs_prefetch": {"enable": True, "threads_count": 2, "merging_size": 65536, "bandwidth_rate": 10},
+    "fs_prefetch": {"enable": False, "threads_count": 2, "merging_size": 65536, "bandwidth_rate": 10},
+    "readahead": {"whole_file_max": 0, "window_max": 1 << 20},
 }
 
 
@@ -29,14 +30,21 @@ def test_full_config_is_read() -> None:
     config = parse_config(FULL)
     assert config.backend.localfs.dir == "/blobs"
     assert (config.cache.type, config.cache.work_dir) == ("blobcache", "/cache")
-    assert not config.digest_validate and not config.enable_xattr and config.iostats_files
+    assert config.digest_validate and not config.enable_xattr and config.iostats_files
     assert config.fs_prefetch.threads_count == 2 and config.fs_prefetch.merging_size == 65536
+    assert not config.fs_prefetch.enable
+    assert (config.readahead.whole_file_max, config.readahead.window_max) == (0, 1 << 20)
 
 
 def test_defaults() -> None:
     config = parse_config({"device": {"backend": {"type": "localfs", "config": {"dir": "d"}}}})
     assert config == default_config("d")
-    assert config.digest_validate and config.cache.type == ""
+    # Nydus's defaults where they apply: chunks verified when cached, not again on every hit;
+    # the prefetch table fetched at mount; eight requests in flight.
+    assert not config.digest_validate and config.cache.type == ""
+    assert config.fs_prefetch.enable and not config.fs_prefetch.prefetch_all
+    assert config.fs_prefetch.threads_count == 8 and config.amplify_io == 1 << 20
+    assert config.readahead.whole_file_max == 64 << 20 and config.readahead.window_max == 32 << 20
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,7 @@ def test_cached_file_is_not_blocked_by_a_stalled_fetch(many_files: Image, tmp_pa
         os.path.join(work, "cache"),
         fs_prefetch={"threads_count": 1},
         amplify_io=0,  # readahead would cache the stalled file's chunks with the warm one's
+        readahead={"whole_file_max": 0, "window_max": 0},
     )
     mountpoint = os.path.join(work, "mnt")
     with mounted(many_files.bootstrap, mountpoint, config, os.path.join(work, "warm.log")):

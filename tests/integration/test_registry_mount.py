@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.fuse, requires_fuse]
 
 BIG_FILES = 4
 BIG_FILE_BYTES = 3 << 20
+NO_READAHEAD = {"whole_file_max": 0, "window_max": 0}  # each read meets the backend on its own
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ def test_missing_image_is_one_line_and_no_mount(pushed: PushedImage, tmp_path: P
 def test_small_read_fetches_only_its_chunks(pushed: PushedImage, tmp_path: Path) -> None:
     proxy = FaultProxy(pushed.host)
     try:
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), amplify_io=0)
+        config = write_image_config(
+            str(tmp_path / "c.json"), str(tmp_path / "cache"), amplify_io=0, readahead=NO_READAHEAD
+        )
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             bootstrap_path = next((tmp_path / "cache" / "bootstraps").glob("*.boot"))
@@ -255,7 +258,9 @@ def test_transient_faults_are_retried_and_never_served(pushed: PushedImage, tmp_
     try:
         backend = {"timeout": 0.5, "retry_limit": 3}
         # no readahead, so each file's read meets its own fault
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0)
+        config = write_image_config(
+            str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0, readahead=NO_READAHEAD
+        )
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             for kind, path in [*FAULT_FILES.items(), ("stall", "etc/os-release")]:
@@ -277,7 +282,9 @@ def test_persistent_fault_is_eio_with_a_log_line_then_heals(pushed: PushedImage,
     try:
         backend = {"retry_limit": 1}
         # no readahead: a flipped byte in the middle of a response must land in the file read
-        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0)
+        config = write_image_config(
+            str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend, amplify_io=0, readahead=NO_READAHEAD
+        )
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
             proxy.inject(kind, "/blobs/sha256:", method="GET", times=1000)

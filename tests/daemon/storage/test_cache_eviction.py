@@ -8,21 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.storage.cache import MAP_SUFFIX, ChunkKey, DiskChunkCache, blob_usage
+from daemon.storage.cache import INDEX_SUFFIX, ChunkKey, DiskChunkCache, blob_usage
 from tests.daemon.nydusd import REPO
 
 CHUNK = 64 * 1024
+DIGEST = b"\x07" * 32
 BLOBS = ["a" * 64, "b" * 64, "c" * 64]
 
 
 def fill(cache: DiskChunkCache, blob_id: str, count: int) -> None:
     for index in range(count):
-        cache.put(ChunkKey(blob_id, index * CHUNK, CHUNK), bytes([index + 1]) * CHUNK)
+        cache.put(ChunkKey(blob_id, index * CHUNK), DIGEST, bytes([index + 1]) * CHUNK)
 
 
 def age(work_dir: Path, blob_id: str, seconds_ago: float) -> None:
-    when = os.path.getmtime(work_dir / (blob_id + MAP_SUFFIX)) - seconds_ago
-    os.utime(work_dir / (blob_id + MAP_SUFFIX), (when, when))
+    when = os.path.getmtime(work_dir / (blob_id + INDEX_SUFFIX)) - seconds_ago
+    os.utime(work_dir / (blob_id + INDEX_SUFFIX), (when, when))
 
 
 def test_least_recently_used_blobs_are_evicted_first(tmp_path: Path) -> None:
@@ -36,14 +37,14 @@ def test_least_recently_used_blobs_are_evicted_first(tmp_path: Path) -> None:
     assert {usage.blob_id: usage.chunks for usage in blob_usage(str(tmp_path))} == dict.fromkeys(BLOBS, 4)
 
     cache = DiskChunkCache(str(tmp_path), size_limit=14 * CHUNK)
-    assert cache.get(ChunkKey(BLOBS[0], 0, CHUNK)) == bytes([1]) * CHUNK  # a is used again: now the newest
+    assert cache.read(ChunkKey(BLOBS[0], 0), DIGEST, 0, CHUNK) == bytes([1]) * CHUNK  # a is used again: now the newest
     fill(cache, "d" * 64, 3)  # 15 chunks > 14: evict down to 90 % (12.6): b, the least recently used, goes
     remaining = {usage.blob_id for usage in blob_usage(str(tmp_path))}
     assert remaining == {BLOBS[0], BLOBS[2], "d" * 64}
     assert sum(usage.disk_bytes for usage in blob_usage(str(tmp_path))) <= 14 * CHUNK
-    assert cache.get(ChunkKey(BLOBS[1], 0, CHUNK)) is None
-    cache.put(ChunkKey(BLOBS[1], 0, CHUNK), b"x" * CHUNK)  # an evicted blob starts afresh
-    assert cache.get(ChunkKey(BLOBS[1], 0, CHUNK)) == b"x" * CHUNK
+    assert cache.read(ChunkKey(BLOBS[1], 0), DIGEST, 0, CHUNK) is None
+    cache.put(ChunkKey(BLOBS[1], 0), DIGEST, b"x" * CHUNK)  # an evicted blob starts afresh
+    assert cache.read(ChunkKey(BLOBS[1], 0), DIGEST, 0, CHUNK) == b"x" * CHUNK
     cache.close()
 
 
@@ -51,12 +52,12 @@ def test_a_blob_in_use_by_this_daemon_is_evicted_safely(tmp_path: Path) -> None:
     cache = DiskChunkCache(str(tmp_path), size_limit=6 * CHUNK)
     fill(cache, BLOBS[0], 4)
     other = DiskChunkCache(str(tmp_path))  # a second daemon sharing the directory
-    assert other.get(ChunkKey(BLOBS[0], CHUNK, CHUNK)) == bytes([2]) * CHUNK
+    assert other.read(ChunkKey(BLOBS[0], CHUNK), DIGEST, 0, CHUNK) == bytes([2]) * CHUNK
     age(tmp_path, BLOBS[0], 100)
     fill(cache, BLOBS[1], 4)  # over the limit: a (older) is evicted while both daemons have it open
-    assert not (tmp_path / (BLOBS[0] + MAP_SUFFIX)).exists()
-    assert cache.get(ChunkKey(BLOBS[0], 0, CHUNK)) is None
-    assert other.get(ChunkKey(BLOBS[0], CHUNK, CHUNK)) == bytes([2]) * CHUNK  # its own copy stays correct
+    assert not (tmp_path / (BLOBS[0] + INDEX_SUFFIX)).exists()
+    assert cache.read(ChunkKey(BLOBS[0], 0), DIGEST, 0, CHUNK) is None
+    assert other.read(ChunkKey(BLOBS[0], CHUNK), DIGEST, 0, CHUNK) == bytes([2]) * CHUNK  # its own copy stays correct
     cache.close()
     other.close()
 

@@ -59,10 +59,12 @@ def test_adjacent_misses_are_one_range(image: tuple[str, str, bytes], tmp_path: 
     assert len(merge_ranges(requests[::2], 1 << 20)) == 4  # gaps split runs
     backend = CountingBackend(blob_dir)
     cache = DiskChunkCache(os.path.join(tmp_path, "cache"))
-    results = fetch_chunks(backend, cache, requests, digester=0, validate=True, merging_size=1 << 20)
+    results = fetch_chunks(backend, cache, requests, digester=0, merging_size=1 << 20)
     assert backend.ranges == [(0, len(data))]
     assert b"".join(results[request.key] for request in requests) == data  # type: ignore[misc]
-    assert all(cache.get(request.key) is not None for request in requests)
+    assert all(cache.has(request.key, request.record.digest) for request in requests)
+    # the cache holds the uncompressed bytes: a slice is read back as is
+    assert cache.read(requests[2].key, requests[2].record.digest, 10, 20) == data[2 * 4096 + 10 : 2 * 4096 + 30]
 
 
 def test_corrupt_chunk_is_isolated_and_not_cached(image: tuple[str, str, bytes], tmp_path: os.PathLike[str]) -> None:
@@ -75,17 +77,15 @@ def test_corrupt_chunk_is_isolated_and_not_cached(image: tuple[str, str, bytes],
         blob.seek(-1, os.SEEK_CUR)
         blob.write(bytes([byte[0] ^ 0xFF]))
     cache = DiskChunkCache(os.path.join(tmp_path, "cache"))
-    results = fetch_chunks(LocalFsBackend(blob_dir), cache, requests, digester=0, validate=True, merging_size=1 << 20)
+    results = fetch_chunks(LocalFsBackend(blob_dir), cache, requests, digester=0, merging_size=1 << 20)
     error = results[requests[3].key]
     assert isinstance(error, ChunkDigestMismatch)
     assert error.chunk_index == requests[3].chunk_index and requests[0].blob.blob_id[:16] in str(error)
-    assert cache.get(requests[3].key) is None and not cache.has(requests[3].key)
+    assert not cache.has(requests[3].key, requests[3].record.digest)
     for index in (0, 1, 2, 4, 5, 6, 7):
         assert results[requests[index].key] == data[index * 4096 : (index + 1) * 4096]
-    unverified = fetch_chunks(
-        LocalFsBackend(blob_dir), cache, requests[3:4], digester=0, validate=False, merging_size=1 << 20
-    )
-    assert isinstance(unverified[requests[3].key], bytes)  # digest_validate=false trusts the blob
+    again = fetch_chunks(LocalFsBackend(blob_dir), cache, requests[3:4], digester=0, merging_size=1 << 20)
+    assert isinstance(again[requests[3].key], ChunkDigestMismatch)  # verified on entry, whatever digest_validate says
 
 
 def test_backend_errors(image: tuple[str, str, bytes], tmp_path: os.PathLike[str]) -> None:
@@ -115,12 +115,10 @@ def test_undecodable_frame_fails_alone_in_a_zstd_run(tmp_path: os.PathLike[str])
         blob.seek(requests[3].record.compressed_offset)
         blob.write(b"\0\0\0\0")  # no zstd magic any more
     cache = DiskChunkCache(os.path.join(tmp_path, "cache"))
-    results = fetch_chunks(
-        LocalFsBackend(built.blob_dir), cache, requests, digester=0, validate=True, merging_size=1 << 20
-    )
+    results = fetch_chunks(LocalFsBackend(built.blob_dir), cache, requests, digester=0, merging_size=1 << 20)
     error = results[requests[3].key]
     assert isinstance(error, CorruptChunk) and error.chunk_index == requests[3].chunk_index
-    assert not cache.has(requests[3].key)
+    assert not cache.has(requests[3].key, requests[3].record.digest)
     for index in (0, 1, 2, 4, 5, 6, 7):
         assert results[requests[index].key] == data[index * 4096 : (index + 1) * 4096]
-        assert cache.has(requests[index].key)
+        assert cache.has(requests[index].key, requests[index].record.digest)
