@@ -5,8 +5,10 @@ loop, where that is cheaper than a thread round trip; larger ones in a worker th
 becomes a *job*: a run of chunks stored back to back in one blob, fetched by one range request.
 Jobs wait in three queues, served in this order:
 
-- `DEMAND`: chunks a FUSE read is waiting for (and the blob-order neighbours that ride along);
-- `READAHEAD`: chunks `daemon.readahead` expects to be read soon;
+- `DEMAND`: chunks a FUSE read is waiting for;
+- `READAHEAD`: chunks `daemon.readahead` expects to be read soon (among them the blob-order
+  neighbours of a demand miss, in a request of their own right behind it, so the reader waits
+  for its own bytes only);
 - `PREFETCH`: the prefetch list, paced by `bandwidth_rate`.
 
 `fetch_workers` tasks take jobs and run each in a worker thread (`daemon.storage.fetch`), so
@@ -384,13 +386,12 @@ class ChunkSource:
                 self._queues.put(flight.job)
                 self.stats.promoted_jobs += 1
         if unclaimed:
-            wanted = {request.key for request in unclaimed}
-            along = [r for r in self.along(unclaimed) if r.key not in wanted and self.absent(r)]
-            optional = {request.key for request in along}
-            limit = self.merging_size + sum(request.record.compressed_size for request in along)
-            self._enqueue([*unclaimed, *along], Priority.DEMAND, optional, limit)
+            self._enqueue(unclaimed, Priority.DEMAND, set(), self.merging_size)
             for request in unclaimed:
                 flights[request.key] = self._flights[request.key]
+            # What rides along goes in its own request right behind: the reader waits for its
+            # own bytes only, not for the neighbours' transfer.
+            self.want(self.along(unclaimed), Priority.READAHEAD)
         results: dict[ChunkKey, ChunkResult] = {}
         again: list[ChunkRequest] = []
         for request in unique:

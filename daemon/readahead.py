@@ -16,7 +16,7 @@ next. It uses what the workload shows it:
   A read elsewhere in the file starts the window again.
 - **Blob-order amplification** (`amplify_io`, Nydus's meaning): a demand miss also carries the
   chunks stored right after its last missed chunk in the same blob, up to `amplify_io` stored
-  bytes, stopping at a gap or a chunk cached or in flight; they ride in the same range request.
+  bytes, stopping at a gap or a chunk cached or in flight; they follow in a request of their own.
   The builder stores files in tar order (or prefetch order), so they are often the next ones.
 
 The first two queue background jobs (`ChunkSource.want`); the third is asked by `ChunkSource`
@@ -96,8 +96,9 @@ class Readahead:
             if not record.is_zero:
                 requests.append(self.chunks.request(index, record))
         wanted = [request for request in requests if self.chunks.absent(request)]
-        if wanted:  # the open stands for the file's first miss: its blob neighbours ride along
-            self.chunks.want(wanted + self.along(wanted), Priority.READAHEAD)
+        if wanted:  # the open stands for the file's first miss: its blob neighbours follow it
+            self.chunks.want(wanted, Priority.READAHEAD)
+            self.chunks.want(self.along(wanted), Priority.READAHEAD)
 
     # -- sequential window ------------------------------------------------------------------------
 

@@ -39,3 +39,10 @@ async def running(source: ChunkSource) -> AsyncIterator[trio.Nursery]:
         await nursery.start(source.run)
         yield nursery
         nursery.cancel_scope.cancel()
+
+
+async def idle(source: ChunkSource) -> None:
+    """Until no fetch is queued or in flight (background work done)."""
+    with trio.fail_after(10):
+        while source.in_flight or source.pending_count():
+            await trio.sleep(0.005)

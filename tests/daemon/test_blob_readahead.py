@@ -1,4 +1,5 @@
-"""Blob-order amplification (`Readahead.along`): a demand miss also fetches the chunks stored after it.
+"""Blob-order amplification (`Readahead.along`): a demand miss also fetches the chunks stored after
+it, in a request of its own right behind the miss's.
 
 Files "a", "b", "c" are one small chunk each, stored back to back in that order.
 """
@@ -24,7 +25,7 @@ from rafs.errors import ChunkDigestMismatch
 from rafs.mapped import open_bootstrap
 from rafs.records import ChunkRecord
 from tests.daemon.images import build_image
-from tests.daemon.sources import make_source, running
+from tests.daemon.sources import idle, make_source, running
 from tests.daemon.test_chunks import CHUNK, GatedBackend, read
 
 AMPLIFY = 1 << 20
@@ -77,29 +78,45 @@ def corrupt(image: Image, name: str, byte: bytes = b"\xff") -> bytes:
 
 
 @pytest.mark.trio
-@pytest.mark.parametrize(("amplify_io", "requests"), [(AMPLIFY, 1), (0, 2)])
-async def test_next_file_rides_along(image: Image, tmp_path: os.PathLike[str], amplify_io: int, requests: int) -> None:
+@pytest.mark.parametrize(("amplify_io", "requests_for_b"), [(AMPLIFY, 0), (0, 1)])
+async def test_next_file_rides_along(
+    image: Image, tmp_path: os.PathLike[str], amplify_io: int, requests_for_b: int
+) -> None:
     bootstrap, _, contents = image
-    source, backend, _policies = source_for(image, tmp_path, amplify_io)
+    a = chunk_of(bootstrap, "a")
+    source, backend, _ = source_for(image, tmp_path, amplify_io)
     async with running(source):
         assert await read(source, bootstrap, "a") == contents["a"]
+        await idle(source)
+        assert (a.compressed_offset, a.compressed_size) in backend.reads, "the miss waits for its own bytes only"
+        before = len(backend.reads)
         assert await read(source, bootstrap, "b") == contents["b"]
-        assert len(backend.reads) == requests
+        assert len(backend.reads) - before == requests_for_b
 
 
 @pytest.mark.trio
 async def test_readahead_stops_at_the_window_and_at_cached_chunks(image: Image, tmp_path: os.PathLike[str]) -> None:
     bootstrap, _, contents = image
-    a, b = chunk_of(bootstrap, "a"), chunk_of(bootstrap, "b")
+    a, b, c = (chunk_of(bootstrap, name) for name in ("a", "b", "c"))
     source, backend, _ = source_for(image, tmp_path, b.compressed_size)  # room for one more chunk
     async with running(source):
         assert await read(source, bootstrap, "a") == contents["a"]
-        assert backend.reads == [(a.compressed_offset, a.compressed_size + b.compressed_size)]
-        source, backend, _policies = source_for(image, tmp_path, AMPLIFY, "other-cache")
-        async with running(source):
-            assert await read(source, bootstrap, "b") == contents["b"]  # b and c
-            assert await read(source, bootstrap, "a") == contents["a"]  # stops at b, cached
-            assert backend.reads[-1] == (a.compressed_offset, a.compressed_size)
+        await idle(source)
+        assert sorted(backend.reads) == [
+            (a.compressed_offset, a.compressed_size),
+            (b.compressed_offset, b.compressed_size),
+        ]
+    source, backend, _ = source_for(image, tmp_path, AMPLIFY, "other-cache")
+    async with running(source):
+        assert await read(source, bootstrap, "b") == contents["b"]  # b, then c
+        await idle(source)
+        assert sorted(backend.reads) == [
+            (b.compressed_offset, b.compressed_size),
+            (c.compressed_offset, c.compressed_size),
+        ]
+        assert await read(source, bootstrap, "a") == contents["a"]  # a alone: b is cached
+        await idle(source)
+        assert len(backend.reads) == 3 and backend.reads[-1] == (a.compressed_offset, a.compressed_size)
 
 
 @pytest.mark.trio
@@ -109,14 +126,15 @@ async def test_a_corrupt_neighbour_is_not_cached_and_fails_only_its_own_reader(
     bootstrap, _, contents = image
     b = chunk_of(bootstrap, "b")
     good = corrupt(image, "b")
-    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    source, backend, _ = source_for(image, tmp_path, AMPLIFY)
     async with running(source):
         assert await read(source, bootstrap, "a") == contents["a"]
-        assert len(backend.reads) == 1  # no second try for a readahead chunk
+        await idle(source)
+        assert len(backend.reads) == 2  # a, then b and c: no second try for a readahead chunk
         blob_id = bootstrap.blobs[b.blob_index].blob_id
         assert not source.cache.has(ChunkKey(blob_id, b.compressed_offset), b.digest)
         assert await read(source, bootstrap, "c") == contents["c"]  # c was read ahead and verified
-        assert len(backend.reads) == 1
+        assert len(backend.reads) == 2
         with pytest.raises(ChunkDigestMismatch):
             await read(source, bootstrap, "b")
         corrupt(image, "b", good)
@@ -129,7 +147,7 @@ async def test_a_reader_waits_for_the_readahead_that_fetches_its_chunk(
     image: Image, tmp_path: os.PathLike[str]
 ) -> None:
     bootstrap, _, contents = image
-    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    source, backend, _ = source_for(image, tmp_path, AMPLIFY)
     async with running(source):
         backend.gate.clear()
         results: dict[str, bytes] = {}
@@ -140,11 +158,12 @@ async def test_a_reader_waits_for_the_readahead_that_fetches_its_chunk(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader, "a")
             await trio.to_thread.run_sync(backend.waiting.wait, 10)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(reader, "b")
             await trio.testing.wait_all_tasks_blocked()
             backend.gate.set()
         assert results == {"a": contents["a"], "b": contents["b"]}
-        assert len(backend.reads) == 1
+        assert len(backend.reads) == 2  # a's, and the one carrying b and c
         assert source.stats.shared_waits == 1
 
 
@@ -154,7 +173,7 @@ async def test_a_waiting_reader_fetches_again_when_the_readahead_copy_was_corrup
 ) -> None:
     bootstrap, _, contents = image
     corrupt(image, "b")
-    source, backend, _policies = source_for(image, tmp_path, AMPLIFY)
+    source, backend, _ = source_for(image, tmp_path, AMPLIFY)
     async with running(source):
         backend.gate.clear()
         outcome: dict[str, object] = {}
@@ -168,12 +187,13 @@ async def test_a_waiting_reader_fetches_again_when_the_readahead_copy_was_corrup
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader, "a")
             await trio.to_thread.run_sync(backend.waiting.wait, 10)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(reader, "b")
             await trio.testing.wait_all_tasks_blocked()
             backend.gate.set()
         assert outcome["a"] == contents["a"]
         assert isinstance(outcome["b"], ChunkDigestMismatch)
-        assert len(backend.reads) == 1 + 2  # b's own fetch and its retry
+        assert len(backend.reads) == 2 + 2  # a, b and c read ahead, then b's own fetch and its retry
 
 
 def test_blob_order_lists_stored_chunks_once_in_offset_order(image: Image) -> None:
@@ -210,6 +230,7 @@ async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_f
         with trio.fail_after(10):
             while policies._blob_order(0) is None:
                 await trio.sleep(0.01)
-        assert await read(source, bootstrap, "b") == contents["b"]  # b and c
+        assert await read(source, bootstrap, "b") == contents["b"]  # b, then c
+        await idle(source)
         assert await read(source, bootstrap, "c") == contents["c"]
-        assert len(backend.reads) == 2
+        assert len(backend.reads) == 3
