@@ -2,6 +2,10 @@
 
 The one edge where errors become a message and an exit code: a `NydusError` prints one line
 and exits with the class's `exit_code`; SIGINT/SIGTERM unmount and exit 0.
+
+Every container start pays for this process's start, so it imports only what serving needs,
+and late: `requests` only for a remote backend, the FUSE side (trio, pyfuse3) after the
+arguments are read, while `--image`'s manifest and bootstrap are fetched in a thread.
 """
 
 from __future__ import annotations
@@ -10,17 +14,19 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from functools import partial
-
-import trio
+from typing import TYPE_CHECKING
 
 from daemon.config import DaemonConfig, default_config, image_config, load_config, read_config_file
-from daemon.serve import ServeOptions, serve
 from daemon.storage.backend import BlobBackend
 from rafs.errors import NydusError
 from rafs.oci import ImageReference
 from rafs.pathlist import read_path_list
+
+if TYPE_CHECKING:
+    from daemon.serve import ServeOptions
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -57,8 +63,8 @@ def default_work_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-py")
 
 
-def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
-    """For `--image`: the registry backend and the bootstrap fetched (or reused) from the registry."""
+def fetch_image(args: argparse.Namespace) -> tuple[str, DaemonConfig, BlobBackend]:
+    """For `--image`: the bootstrap fetched (or reused) from the registry, the config, the backend."""
     from daemon.storage.image import fetch_bootstrap  # imports `requests`: only when an image is fetched
     from daemon.storage.registry import RegistryBackend
 
@@ -71,7 +77,33 @@ def image_options(args: argparse.Namespace) -> tuple[ServeOptions, BlobBackend]:
     except BaseException:
         backend.close()
         raise
-    return serve_options(args, bootstrap, config), backend
+    return bootstrap, config, backend
+
+
+class ImageFetch(threading.Thread):
+    """`fetch_image` in a thread, so the registry round trips overlap the import of the FUSE side.
+
+    Joined before the event loop starts: it is the daemon's only thread outside trio's.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(name="image-fetch", daemon=True)
+        self.args = args
+        self.result: tuple[str, DaemonConfig, BlobBackend] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = fetch_image(self.args)
+        except BaseException as error:  # handed to the main thread by `wait`
+            self.error = error
+
+    def wait(self) -> tuple[str, DaemonConfig, BlobBackend]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 def process_started_at() -> float:
@@ -86,6 +118,8 @@ def process_started_at() -> float:
 
 
 def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig) -> ServeOptions:
+    from daemon.serve import ServeOptions
+
     return ServeOptions(
         bootstrap,
         args.mountpoint,
@@ -106,9 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.image:
-            options, backend = image_options(args)
-            trio.run(partial(serve, options, backend=backend))
+        fetch = ImageFetch(args) if args.image else None
+        if fetch is not None:
+            fetch.start()
+        import trio  # the FUSE side (trio, pyfuse3): imported while an image is being fetched
+
+        from daemon.serve import serve
+
+        if fetch is not None:
+            bootstrap, config, backend = fetch.wait()
+            trio.run(partial(serve, serve_options(args, bootstrap, config), backend=backend))
             return 0
         if args.config:
             config = load_config(args.config)

@@ -19,9 +19,6 @@ import mmap
 import struct
 from collections.abc import Sequence
 
-import lz4.block
-import zstandard
-
 from rafs.errors import CorruptBootstrap, CorruptChunk
 
 # The chunk record as `rafs.layout.CHUNK` defines it; repeated so that the C side and this twin
@@ -162,6 +159,10 @@ def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool
         if len(stored) != uncompressed_size:
             raise CorruptChunk(f"stored raw chunk is {len(stored)} bytes, expected {uncompressed_size}")
         return bytes(stored)
+    # Imported here, not at the top: with the C backend a daemon never loads them (~20 ms at start).
+    import lz4.block
+    import zstandard
+
     if compressor == COMPRESSOR_ZSTD:
         if bytes(stored[:4]) != ZSTD_MAGIC:
             raise CorruptChunk("not a zstd frame (bad magic)")
@@ -203,6 +204,7 @@ def decompress_batch(
     does not give exactly its size raises `CorruptChunk`, with the chunk's position in the batch
     in the message; `output` is then partly written and must not be used.
 
+    >>> import zstandard
     >>> frame = zstandard.ZstdCompressor(level=3).compress(b"a" * 100)
     >>> output = bytearray(103)
     >>> decompress_batch(COMPRESSOR_ZSTD, frame + b"xyz", [(0, len(frame), True, 100), (len(frame), 3, False, 3)], output)

@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import lz4.block
-import zstandard
-
 import native
 from rafs import layout
 from rafs.digest import chunk_digest
@@ -32,6 +29,9 @@ def compress_chunk(data: bytes, compressor: int) -> tuple[bytes, bool]:
     """Stored bytes for a chunk and whether they are compressed (only if that saves space)."""
     if compressor == layout.COMPRESSOR_NONE or not data:
         return data, False
+    import lz4.block  # here, not at the top: a daemon never compresses, and never pays for the import
+    import zstandard
+
     if compressor == layout.COMPRESSOR_ZSTD:
         frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(data)
     elif compressor == layout.COMPRESSOR_LZ4_BLOCK:
