@@ -11,12 +11,15 @@ import zlib
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rafs import layout
+from rafs.blob import decode_chunk
 from rafs.bootstrap import Bootstrap
-from rafs.errors import CorruptBootstrap, RafsError, UnknownFeature, UnsupportedVersion
+from rafs.digest import chunk_digest
+from rafs.errors import CorruptBootstrap, CorruptChunk, RafsError, UnknownFeature, UnsupportedVersion
 from rafs.mapped import open_bootstrap
 from rafs.records import BlobRecord, ChunkRecord
 from rafs.tree import FsNode, new_directory
@@ -291,3 +294,17 @@ def test_chunk_span_at_chunk_edges(offset: int, size: int, expected: list[tuple[
     root.children[b"f"] = FsNode(mode=stat.S_IFREG | 0o644, size=file_size, chunks=chunks)
     bootstrap = Bootstrap(write_bootstrap(root, [], chunk_size=0x1000))
     assert [(s.chunk_index, s.start, s.length) for s in bootstrap.chunk_span(2, offset, size)] == expected
+
+
+@pytest.mark.parametrize("content_size", [True, False])
+def test_one_definition_of_a_valid_zstd_chunk(content_size: bool) -> None:
+    """`rafs.blob.decode_chunk` (what check, unpack and the daemon use) decodes with `native`'s rules:
+    a zstd frame that does not record its content size is refused, under either backend."""
+    data = b"a frame of words " * 500
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=content_size).compress(data)
+    record = ChunkRecord(0, layout.CHUNK_COMPRESSED, 0, len(frame), len(data), 0, chunk_digest(data))
+    if content_size:
+        assert decode_chunk(frame, record, layout.COMPRESSOR_ZSTD, layout.DIGESTER_BLAKE3) == data
+    else:
+        with pytest.raises(CorruptChunk, match="content size"):
+            decode_chunk(frame, record, layout.COMPRESSOR_ZSTD, layout.DIGESTER_BLAKE3)
