@@ -1,7 +1,8 @@
 """`ChunkSource`: the trio side of the read path, from chunk slices to bytes.
 
-A hit is one `pread` of verified, uncompressed bytes from the cache (small ones on the event
-loop, where that is cheaper than a thread round trip; larger ones in a worker thread). A miss
+A hit is one `pread` of verified, uncompressed bytes from the cache (small ones in the page
+cache on the event loop, where that is cheaper than a thread round trip; the others in a worker
+thread). A miss
 becomes a *job*: a run of chunks stored back to back in one blob, fetched by one range request.
 Jobs wait in three queues, served in this order:
 
@@ -49,8 +50,9 @@ from rafs.records import ChunkRecord, ChunkSlice
 
 log = logging.getLogger(__name__)
 
-# Cache hits of at most this many bytes are read on the event loop: a `pread` of a page-cached
-# chunk costs a few microseconds, a `trio.to_thread` round trip ~100-200 us on the 2-core VM.
+# Cache hits of at most this many bytes are read on the event loop if they are in the page cache
+# (`RWF_NOWAIT`: the loop never waits for the disk): a `pread` of a page-cached chunk costs a few
+# microseconds, a `trio.to_thread` round trip ~100-200 us on the 2-core VM.
 INLINE_HIT_BYTES = 128 << 10
 
 
@@ -317,9 +319,13 @@ class ChunkSource:
             else:
                 misses.append((position, request, piece))
         if hits:
+            cached: list[bytes | None] | None = None
             if sum(piece.length for _, _, piece in hits) <= INLINE_HIT_BYTES and not self.validate:
-                cached = self._read_hits(hits)
-            else:
+                try:
+                    cached = self._read_hits(hits, nowait=True)
+                except BlockingIOError:  # not in the page cache: the disk is waited for in a thread
+                    cached = None
+            if cached is None:
                 cached = await trio.to_thread.run_sync(self._read_hits, hits, limiter=self._cache_limiter)
             for item, data in zip(hits, cached, strict=True):
                 if data is None:
@@ -340,11 +346,13 @@ class ChunkSource:
                 out[position] = result[piece.start : piece.start + piece.length]
         return [part if part is not None else b"" for part in out]
 
-    def _read_hits(self, hits: Sequence[tuple[int, ChunkRequest, ChunkSlice]]) -> list[bytes | None]:
+    def _read_hits(
+        self, hits: Sequence[tuple[int, ChunkRequest, ChunkSlice]], *, nowait: bool = False
+    ) -> list[bytes | None]:
         """Cached slices (None where the cache no longer has one); with `validate`, whole chunks re-hashed."""
         if not self.validate:
             return [
-                self.cache.read(request.key, request.record.digest, piece.start, piece.length)
+                self.cache.read(request.key, request.record.digest, piece.start, piece.length, nowait=nowait)
                 for _, request, piece in hits
             ]
         result: list[bytes | None] = []

@@ -71,11 +71,14 @@ class ReadaheadConfig:
     """`readahead`: this daemon's own knobs for guessing what a start needs (see `daemon.readahead`).
 
     `whole_file_max`: a file of at most this many bytes is fetched whole on its first open (0 =
-    never); `window_max`: the largest window of sequential readahead (0 = none).
+    never); `window_max`: the largest window of sequential readahead in a file (0 = none);
+    `blob_window_max`: how far blob-order amplification (`amplify_io`) may grow while a start
+    reads a blob in stored order (`amplify_io` or less: a fixed window, as Nydus's).
     """
 
-    whole_file_max: int = 64 << 20
+    whole_file_max: int = 256 << 20
     window_max: int = 32 << 20
+    blob_window_max: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -177,10 +180,11 @@ def _prefetch(obj: JsonObject) -> PrefetchConfig:
 
 def _readahead(obj: JsonObject) -> ReadaheadConfig:
     where = "readahead."
-    _only(obj, where, ("whole_file_max", "window_max"))
+    _only(obj, where, ("whole_file_max", "window_max", "blob_window_max"))
     return ReadaheadConfig(
-        whole_file_max=_int(obj, "whole_file_max", where, 64 << 20, 0),
+        whole_file_max=_int(obj, "whole_file_max", where, 256 << 20, 0),
         window_max=_int(obj, "window_max", where, 32 << 20, 0),
+        blob_window_max=_int(obj, "blob_window_max", where, 16 << 20, 0),
     )
 
 

@@ -14,13 +14,17 @@ next. It uses what the workload shows it:
   doubles with each batch while the reads keep following each other, up to `window_max`; a new
   batch is asked for when half of the last one is used up, as the kernel's own readahead does.
   A read elsewhere in the file starts the window again.
-- **Blob-order amplification** (`amplify_io`, Nydus's meaning): a demand miss also carries the
-  chunks stored right after its last missed chunk in the same blob, up to `amplify_io` stored
-  bytes, stopping at a gap or a chunk cached or in flight; they follow in a request of their own.
-  The builder stores files in tar order (or prefetch order), so they are often the next ones.
+- **Blob-order amplification** (`amplify_io`, Nydus's meaning, growing up to
+  `blob_window_max`): a demand miss (or a file's first open) also fetches the chunks stored
+  right after it in the same blob, `amplify_io` stored bytes of them, in a request of its own
+  behind the miss's. The builder stores files in tar order (a package's files together) or in
+  prefetch order, so they are often the next ones a start opens. When they are (half of a
+  window wanted), it is a stream through the blob: the window doubles and the next range is
+  asked for, up to `blob_window_max` (equal to `amplify_io` for Nydus's fixed window); a want
+  elsewhere starts a new stream.
 
-The first two queue background jobs (`ChunkSource.want`); the third is asked by `ChunkSource`
-for each demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
+All three queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
+demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
 blob's first miss: on the event loop for a small chunk table, else in a background thread, so
 the first miss never waits for it (misses in that blob meanwhile get no amplification).
 """
@@ -40,6 +44,7 @@ from rafs.errors import NydusError
 log = logging.getLogger(__name__)
 
 WINDOW_START = 1 << 20
+MAX_BLOB_STREAMS = 4  # regions of one blob followed at once (a start reads from a few packages in turn)
 MAX_TRACKED_FILES = 4096
 # A blob's order is built on the event loop when the chunk table has at most this many records
 # (about 1 ms on the 2-core VM, ~0.5 us a record), else in a background thread.
@@ -55,6 +60,17 @@ class _Stream:
     ahead_end: int
 
 
+@dataclass
+class _BlobStream:
+    """A region of a blob read in stored order: where it began, the window, how far was asked, how much of
+    the last window was wanted since."""
+
+    start: int
+    window: int
+    ahead_end: int
+    used: int = 0
+
+
 class Readahead:
     """The readahead policies of one mount (see the module docstring)."""
 
@@ -64,16 +80,19 @@ class Readahead:
         chunks: ChunkSource,
         *,
         amplify_io: int = 1 << 20,
-        whole_file_max: int = 64 << 20,
+        blob_window_max: int = 16 << 20,
+        whole_file_max: int = 256 << 20,
         window_max: int = 32 << 20,
     ) -> None:
         self.bootstrap = bootstrap
         self.chunks = chunks
         self.amplify_io = amplify_io
+        self.blob_window_max = blob_window_max
         self.whole_file_max = whole_file_max
         self.window_max = window_max
         self._opened: set[int] = set()  # files whose first open queued them whole
         self._streams: dict[int, _Stream] = {}  # files being read in order
+        self._blob_streams: dict[int, list[_BlobStream]] = {}  # by blob index, least recently used first
         self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
         self._ordering: set[int] = set()  # blob indexes whose order was asked for
         chunks.along = self.along
@@ -95,10 +114,10 @@ class Readahead:
             record = self.bootstrap.chunk(index)
             if not record.is_zero:
                 requests.append(self.chunks.request(index, record))
-        wanted = [request for request in requests if self.chunks.absent(request)]
-        if wanted:  # the open stands for the file's first miss: its blob neighbours follow it
-            self.chunks.want(wanted, Priority.READAHEAD)
-            self.chunks.want(self.along(wanted), Priority.READAHEAD)
+        self.chunks.want(requests, Priority.READAHEAD)
+        # The open stands for the file's first want of its blob: what is stored after it follows
+        # (and a file that amplification already brought moves its blob stream on).
+        self.chunks.want(self.along(requests), Priority.READAHEAD)
 
     # -- sequential window ------------------------------------------------------------------------
 
@@ -139,21 +158,57 @@ class Readahead:
 
     # -- blob-order amplification ----------------------------------------------------------------
 
-    def along(self, misses: list[ChunkRequest]) -> list[ChunkRequest]:
-        """The chunks stored right after the last of `misses` in each blob (see the module doc)."""
+    def along(self, requests: list[ChunkRequest]) -> list[ChunkRequest]:
+        """The chunks stored after the last of `requests` in each blob, as its blob stream says."""
         if not self.amplify_io:
             return []
         last: dict[int, ChunkRequest] = {}
-        for request in misses:
+        for request in requests:
             blob_index = request.record.blob_index
             if blob_index not in last or request.record.compressed_offset > last[blob_index].record.compressed_offset:
                 last[blob_index] = request
         extra: list[ChunkRequest] = []
         for blob_index, request in last.items():
             order = self._blob_order(blob_index)
-            if order is not None:
-                extra += self._following(order, request)
+            if order is None:
+                continue
+            end = request.record.compressed_offset + request.record.compressed_size
+            used = sum(r.record.compressed_size for r in requests if r.record.blob_index == blob_index)
+            window = self._stream_window(blob_index, request.record.compressed_offset, end, used)
+            if window is not None:
+                extra += self._stored_after(order, blob_index, window[0], window[1])
         return extra
+
+    def _stream_window(self, blob_index: int, offset: int, end: int, used: int) -> tuple[int, int] | None:
+        """The stored range to fetch after a want of `used` bytes at [offset, end) of a blob, or None.
+
+        A want inside a stream's range counts as use of it. Once half of the last window is
+        used, the window doubles (up to `blob_window_max`) and the next range is asked for; a
+        want past the range of a stream that was not used that much, or anywhere else, starts a
+        stream of `amplify_io` bytes there (the oldest of a blob's `MAX_BLOB_STREAMS` streams
+        makes room).
+        """
+        streams = self._blob_streams.setdefault(blob_index, [])
+        for stream in streams:
+            if stream.start <= offset < stream.ahead_end + stream.window:
+                streams.remove(stream)
+                streams.append(stream)  # most recently used last
+                if offset < stream.ahead_end:
+                    stream.used += used
+                if stream.used >= stream.window // 2:
+                    stream.window = min(stream.window * 2, max(self.blob_window_max, self.amplify_io))
+                    stream.used = 0
+                    start = max(stream.ahead_end, end)
+                    stream.ahead_end = end + stream.window
+                    return start, stream.ahead_end
+                if offset < stream.ahead_end:
+                    return None
+                streams.remove(stream)  # past a stream that did not pay off: start afresh here
+                break
+        if len(streams) >= MAX_BLOB_STREAMS:
+            streams.pop(0)
+        streams.append(_BlobStream(offset, self.amplify_io, end + self.amplify_io))
+        return end, end + self.amplify_io
 
     def _blob_order(self, blob_index: int) -> BlobOrder | None:
         """The blob's chunks in stored order, or None while a background thread builds them."""
@@ -172,22 +227,18 @@ class Readahead:
         log.debug("blob %d order: %d chunks, %d bytes, %.1f ms", blob_index, len(order), order.nbytes(),
                   (time.monotonic() - started) * 1000)  # fmt: skip
 
-    def _following(self, order: BlobOrder, request: ChunkRequest) -> list[ChunkRequest]:
-        """Chunks stored back to back after `request`, up to `amplify_io` bytes, none cached or in flight."""
-        following: list[ChunkRequest] = []
-        budget = self.amplify_io
-        end = request.record.compressed_offset + request.record.compressed_size
+    def _stored_after(self, order: BlobOrder, blob_index: int, start: int, end: int) -> list[ChunkRequest]:
+        """Absent chunks of the blob stored at [start, end), in stored order."""
+        found: list[ChunkRequest] = []
+        blob = self.bootstrap.blobs[blob_index]
         try:
-            for index in order.after(request.record.compressed_offset):
+            for index in order.after(start - 1):
                 record = self.bootstrap.chunk(index)
-                if record.compressed_offset != end or record.compressed_size > budget:
+                if record.compressed_offset + record.compressed_size > end:
                     break
-                following_request = self.chunks.request(index, record)
-                if not self.chunks.absent(following_request):
-                    break
-                following.append(following_request)
-                budget -= record.compressed_size
-                end += record.compressed_size
+                request = ChunkRequest(index, record, blob)
+                if self.chunks.absent(request):
+                    found.append(request)
         except NydusError as error:  # a corrupt record ends amplification, not the read
             log.warning("readahead stopped: %s", error)
-        return following
+        return found

@@ -34,5 +34,5 @@ class FileReader:
         parts = await self.chunks.read(pieces)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.timeline is not None:
-            self.timeline.read_done(len(data))
+            self.timeline.read_done(ino, offset, len(data))
         return data

@@ -1,7 +1,8 @@
 """`Timeline`: what one daemon run did and when, for `nydusd --timeline-out FILE`.
 
 A benchmarking aid: the cold-start harness draws bytes fetched over time against the time FUSE
-reads spent waiting for fetches, and reads the phases (mounted, first read) from it. Recording
+reads spent waiting for fetches, and reads the phases (mounted, first read) and each FUSE read
+(inode, offset, size) from it. Recording
 is a list append per range request and per blocked read, done only when the flag is given.
 Times are wall-clock seconds (`time.time()`), so they line up with the harness's own clock.
 Written once, when the daemon unmounts.
@@ -26,15 +27,18 @@ class Timeline:
         self.max_in_flight = 0
         self.requests: list[dict[str, object]] = []
         self.blocked: list[dict[str, float]] = []
+        self.reads: list[tuple[float, int, int, int]] = []  # (when, inode, offset, size) of each FUSE read
 
     def mounted(self) -> None:
         self.mounted_at = time.time()
 
-    def read_done(self, nbytes: int) -> None:
+    def read_done(self, ino: int, offset: int, nbytes: int) -> None:
+        now = time.time()
         if self.first_read_at is None:
-            self.first_read_at = time.time()
+            self.first_read_at = now
         self.fuse_reads += 1
         self.fuse_read_bytes += nbytes
+        self.reads.append((now, ino, offset, nbytes))
 
     def request_done(self, start: float, nbytes: int, priority: str, ok: bool, in_flight: int) -> None:
         self.requests.append({"start": start, "end": time.time(), "bytes": nbytes, "priority": priority, "ok": ok})
@@ -55,6 +59,7 @@ class Timeline:
             "requests": self.requests,
             "blocked": self.blocked,
             "max_in_flight": self.max_in_flight,
+            "reads": self.reads,
         }
         temp_path = f"{path}.tmp{os.getpid()}"
         with open(temp_path, "w", encoding="utf-8") as file:

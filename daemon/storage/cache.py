@@ -88,8 +88,12 @@ class ChunkCache(Protocol):
         """Whether the chunk is cached (and is the chunk with `digest`); cheap, no I/O."""
         ...
 
-    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
-        """Bytes [start, start+length) of the cached chunk, or None if it is not cached."""
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int, *, nowait: bool = False) -> bytes | None:
+        """Bytes [start, start+length) of the cached chunk, or None if it is not cached.
+
+        With `nowait`, raise `BlockingIOError` instead of waiting for the disk (the bytes are not
+        all in the page cache): the event loop may read, but never wait.
+        """
         ...
 
     def put(self, key: ChunkKey, digest: bytes, data: bytes) -> None:
@@ -213,14 +217,20 @@ class DiskChunkCache:
     def has(self, key: ChunkKey, digest: bytes) -> bool:
         return self._cached(key, digest, open_files=False) is not None
 
-    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int, *, nowait: bool = False) -> bytes | None:
         found = self._cached(key, digest, open_files=True)
         if found is None:
             return None
         files, cached = found
         if start + length > cached.size:
             return None
-        data = os.pread(files.data, length, cached.position + start)
+        if nowait:
+            buffer = bytearray(length)
+            if os.preadv(files.data, [buffer], cached.position + start, os.RWF_NOWAIT) != length:
+                raise BlockingIOError("not all in the page cache")  # (a short read: part of it is)
+            data = bytes(buffer)
+        else:
+            data = os.pread(files.data, length, cached.position + start)
         files.touch()
         return data if len(data) == length else None
 
@@ -330,7 +340,7 @@ class MemoryChunkCache:
         found = self._chunks.get(key)
         return found is not None and found[0] == digest
 
-    def read(self, key: ChunkKey, digest: bytes, start: int, length: int) -> bytes | None:
+    def read(self, key: ChunkKey, digest: bytes, start: int, length: int, *, nowait: bool = False) -> bytes | None:
         with self._lock:
             found = self._chunks.get(key)
             if found is None or found[0] != digest or start + length > len(found[1]):

@@ -20,6 +20,7 @@ def make_source(
     cache: ChunkCache,
     *,
     amplify_io: int = 0,
+    blob_window_max: int = 0,
     whole_file_max: int = 0,
     window_max: int = 0,
     **options: int | bool,
@@ -27,7 +28,12 @@ def make_source(
     """A source and its readahead; by default no readahead at all, so each test turns on what it tests."""
     source = ChunkSource(bootstrap, backend, cache, **options)  # type: ignore[arg-type]
     readahead = Readahead(
-        bootstrap, source, amplify_io=amplify_io, whole_file_max=whole_file_max, window_max=window_max
+        bootstrap,
+        source,
+        amplify_io=amplify_io,
+        blob_window_max=blob_window_max,
+        whole_file_max=whole_file_max,
+        window_max=window_max,
     )
     return source, readahead
 

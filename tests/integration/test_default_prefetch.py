@@ -1,0 +1,75 @@
+"""A bootstrap's prefetch table is fetched at mount with the default config (no `fs_prefetch`
+key), as nydus-snapshotter's default config does; `fs_prefetch.enable: false` turns it off."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.build import BuildOptions, build
+from daemon.storage.cache import blob_usage
+from rafs import layout
+from rafs.mapped import open_bootstrap
+from tests.daemon.nydusd import Daemon, mounted, requires_fuse, write_config
+
+pytestmark = requires_fuse
+CHUNK = 64 * 1024
+LISTED = (b"/app/first", b"/app/second")
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[str, str]:
+    source = tmp_path / "src"
+    (source / "app").mkdir(parents=True)
+    rng = random.Random(9)
+    for name in ("first", "second", "unlisted", "other"):
+        (source / "app" / name).write_bytes(rng.randbytes(5 * CHUNK + 100))
+    bootstrap, blob_dir = str(tmp_path / "image.boot"), str(tmp_path / "blobs")
+    options = BuildOptions(chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE, prefetch_files=LISTED)
+    build("directory", [str(source)], bootstrap, blob_dir, options)
+    return bootstrap, blob_dir
+
+
+def cached_chunks(work_dir: str) -> int:
+    return sum(usage.chunks for usage in blob_usage(work_dir))
+
+
+def wait_for_log(daemon: Daemon, text: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in daemon.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{daemon.log()}"
+        time.sleep(0.02)
+
+
+def test_the_prefetch_table_is_fetched_with_the_default_config(image: tuple[str, str], tmp_path: Path) -> None:
+    bootstrap, blob_dir = image
+    assert len(open_bootstrap(bootstrap).prefetch_inodes()) == len(LISTED)
+    work_dir = str(tmp_path / "cache")
+    config = write_config(str(tmp_path / "c.json"), blob_dir, work_dir)  # no fs_prefetch at all
+    with mounted(bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+        wait_for_log(daemon, "prefetch done")
+        assert cached_chunks(work_dir) == 2 * 6, "the two listed files, all six chunks each, and nothing else"
+
+
+def test_prefetch_can_be_turned_off(image: tuple[str, str], tmp_path: Path) -> None:
+    bootstrap, blob_dir = image
+    work_dir = str(tmp_path / "cache")
+    no_readahead = {"whole_file_max": 0, "window_max": 0}
+    config = write_config(
+        str(tmp_path / "c.json"),
+        blob_dir,
+        work_dir,
+        fs_prefetch={"enable": False},
+        amplify_io=0,
+        readahead=no_readahead,
+    )
+    with mounted(bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
+        with open(os.path.join(daemon.mountpoint, "app", "other"), "rb") as file:
+            file.read(10)  # a read: the daemon is serving, and has had every chance to prefetch
+        time.sleep(0.5)
+        assert "prefetch:" not in daemon.log() and "prefetch done" not in daemon.log()
+    assert cached_chunks(work_dir) == 1, "only the chunk that was read"
