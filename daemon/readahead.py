@@ -114,10 +114,11 @@ class Readahead:
             record = self.bootstrap.chunk(index)
             if not record.is_zero:
                 requests.append(self.chunks.request(index, record))
+        missing = any(self.chunks.absent(request) for request in requests)
         self.chunks.want(requests, Priority.READAHEAD)
-        # The open stands for the file's first want of its blob: what is stored after it follows
-        # (and a file that amplification already brought moves its blob stream on).
-        self.chunks.want(self.along(requests), Priority.READAHEAD)
+        # The open stands for the file's first want of its blob: what is stored after it follows.
+        # A file already here (prefetched, or brought by amplification) only moves a stream on.
+        self.chunks.want(self.along(requests, start_streams=missing), Priority.READAHEAD)
 
     # -- sequential window ------------------------------------------------------------------------
 
@@ -158,8 +159,11 @@ class Readahead:
 
     # -- blob-order amplification ----------------------------------------------------------------
 
-    def along(self, requests: list[ChunkRequest]) -> list[ChunkRequest]:
-        """The chunks stored after the last of `requests` in each blob, as its blob stream says."""
+    def along(self, requests: list[ChunkRequest], *, start_streams: bool = True) -> list[ChunkRequest]:
+        """The chunks stored after the last of `requests` in each blob, as its blob stream says.
+
+        Without `start_streams`, only a stream the wants continue is moved on.
+        """
         if not self.amplify_io:
             return []
         last: dict[int, ChunkRequest] = {}
@@ -174,12 +178,14 @@ class Readahead:
                 continue
             end = request.record.compressed_offset + request.record.compressed_size
             used = sum(r.record.compressed_size for r in requests if r.record.blob_index == blob_index)
-            window = self._stream_window(blob_index, request.record.compressed_offset, end, used)
+            window = self._stream_window(blob_index, request.record.compressed_offset, end, used, start_streams)
             if window is not None:
                 extra += self._stored_after(order, blob_index, window[0], window[1])
         return extra
 
-    def _stream_window(self, blob_index: int, offset: int, end: int, used: int) -> tuple[int, int] | None:
+    def _stream_window(
+        self, blob_index: int, offset: int, end: int, used: int, may_start: bool
+    ) -> tuple[int, int] | None:
         """The stored range to fetch after a want of `used` bytes at [offset, end) of a blob, or None.
 
         A want inside a stream's range counts as use of it. Once half of the last window is
@@ -205,6 +211,8 @@ class Readahead:
                     return None
                 streams.remove(stream)  # past a stream that did not pay off: start afresh here
                 break
+        if not may_start:
+            return None
         if len(streams) >= MAX_BLOB_STREAMS:
             streams.pop(0)
         streams.append(_BlobStream(offset, self.amplify_io, end + self.amplify_io))
