@@ -60,6 +60,7 @@ class Timeline:
             "blocked": self.blocked,
             "max_in_flight": self.max_in_flight,
             "reads": self.reads,
+            "cpu_s": sum(os.times()[:2]),  # this process's user + system time: the daemon's cost to the host
         }
         temp_path = f"{path}.tmp{os.getpid()}"
         with open(temp_path, "w", encoding="utf-8") as file:
