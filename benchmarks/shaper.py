@@ -6,29 +6,37 @@ bottleneck of `rate` bits per second that every connection shares (bytes queue f
 arrival order), followed by a one-way propagation delay of RTT/2. Usage:
 
     python3 -m benchmarks.shaper --upstream 127.0.0.1:5000 [--listen 127.0.0.1:0] \
-        [--rtt-ms 20] [--rate-mbit 200] [--stats-file FILE]
+        [--rtt-ms 20] [--rate-mbit 200] [--series-file FILE]
 
 It prints `listening HOST:PORT` on stdout once it accepts connections, and runs until killed.
-With `--stats-file`, it rewrites FILE (atomically, every 50 ms) with the bytes each direction
-has carried so far, `{"up": N, "down": N, "written_at": UNIX_TIME}`: a reader that waits for a
-`written_at` later than the moment its transfer ended sees every byte of that transfer counted
-(a byte is counted when the shaper reads it, before it can reach the other end).
+With `--series-file`, it appends to FILE every 50 ms one JSON line of what it has carried so far:
+
+    {"t": UNIX_TIME, "up": BYTES, "down": BYTES, "requests": N, "responses": N,
+     "in_flight": N, "peak_in_flight": N}
+
+`up` and `down` count bytes when the shaper reads them (before they can reach the other end), so
+a reader that waits for a line with `t` later than the moment its transfer ended sees every
+byte of it. `requests`, `responses` and the in-flight figures count the HTTP/1.1 messages in the
+streams (`benchmarks.http_meter`): a request is in flight from its head's arrival until the last
+byte of its response is delivered; `peak_in_flight` is the most in flight since the line before.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+from benchmarks.http_meter import ConnectionMeter, RequestCounters
+
 READ_SIZE = 64 * 1024
 QUEUE_PIECES = 64
-STATS_INTERVAL_S = 0.05
+SERIES_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -48,7 +56,21 @@ class Link:
         return self.free_at + self.one_way_delay_s
 
 
-async def _pump(source: trio.SocketStream, sink: trio.SocketStream, link: Link) -> None:
+Observer = Callable[[bytes], None]
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+async def _pump(
+    source: trio.SocketStream,
+    sink: trio.SocketStream,
+    link: Link,
+    on_read: Observer = _ignore,
+    on_delivered: Observer = _ignore,
+) -> None:
+    """Carry `source`'s bytes to `sink` through `link`, showing them to the observers on the way."""
     send_channel, receive_channel = trio.open_memory_channel[tuple[float, bytes]](QUEUE_PIECES)
 
     async def read_side() -> None:
@@ -58,6 +80,8 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream, link: Link) 
                     data = await source.receive_some(READ_SIZE)
                 except trio.BrokenResourceError:
                     data = b""
+                if data:
+                    on_read(data)
                 deliver_at = link.schedule(trio.current_time(), len(data)) if data else trio.current_time()
                 await send_channel.send((deliver_at, data))
                 if not data:
@@ -77,53 +101,68 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream, link: Link) 
                     await sink.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+                on_delivered(data)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_side)
         nursery.start_soon(write_side)
 
 
-async def _serve_connection(client: trio.SocketStream, upstream: tuple[str, int], up: Link, down: Link) -> None:
+async def _serve_connection(
+    client: trio.SocketStream, upstream: tuple[str, int], up: Link, down: Link, counters: RequestCounters
+) -> None:
     try:
         server = await trio.open_tcp_stream(*upstream)
     except OSError:
         await client.aclose()
         return
-    async with client, server, trio.open_nursery() as nursery:
-        nursery.start_soon(_pump, client, server, up)
-        nursery.start_soon(_pump, server, client, down)
+    meter = ConnectionMeter(counters)
+    try:
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, client, server, up, meter.client_sent)
+            nursery.start_soon(_pump, server, client, down, _ignore, meter.delivered)
+    finally:
+        meter.closed()
 
 
-def write_stats(path: str, up: Link, down: Link) -> None:
-    """Replace `path` with the byte counts of both directions, stamped with the wall clock."""
-    temp_path = f"{path}.tmp"
-    with open(temp_path, "w") as file:
-        json.dump({"up": up.bytes_carried, "down": down.bytes_carried, "written_at": time.time()}, file)
-    os.replace(temp_path, path)
+def series_line(up: Link, down: Link, counters: RequestCounters) -> str:
+    """One sample of the counters, stamped with the wall clock (takes the interval's in-flight peak)."""
+    sample = {
+        "t": round(time.time(), 4),
+        "up": up.bytes_carried,
+        "down": down.bytes_carried,
+        "requests": counters.requests,
+        "responses": counters.responses,
+        "in_flight": counters.in_flight,
+        "peak_in_flight": counters.take_peak(),
+    }
+    return json.dumps(sample) + "\n"
 
 
-async def _report_stats(path: str, up: Link, down: Link) -> None:
-    while True:
-        write_stats(path, up, down)
-        await trio.sleep(STATS_INTERVAL_S)
+async def _write_series(path: str, up: Link, down: Link, counters: RequestCounters) -> None:
+    with open(path, "a", buffering=1) as file:  # line-buffered: each sample is visible once written
+        while True:
+            file.write(series_line(up, down, counters))
+            await trio.sleep(SERIES_INTERVAL_S)
 
 
 async def run(
-    listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float, rate_mbit: float, stats_file: str = ""
+    listen: tuple[str, int], upstream: tuple[str, int], rtt_ms: float, rate_mbit: float, series_file: str = ""
 ) -> None:
     rate = rate_mbit * 1e6 / 8
     up = Link(rate, rtt_ms / 2000)
     down = Link(rate, rtt_ms / 2000)
+    counters = RequestCounters()
     listeners = await trio.open_tcp_listeners(listen[1], host=listen[0])
     host, port = listeners[0].socket.getsockname()[:2]
     print(f"listening {host}:{port}", flush=True)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _serve_connection(stream, upstream, up, down)
+        await _serve_connection(stream, upstream, up, down, counters)
 
     async with trio.open_nursery() as nursery:
-        if stats_file:
-            nursery.start_soon(_report_stats, stats_file, up, down)
+        if series_file:
+            nursery.start_soon(_write_series, series_file, up, down, counters)
         nursery.start_soon(trio.serve_listeners, handler, listeners)
 
 
@@ -140,10 +179,12 @@ def main() -> int:
     parser.add_argument("--listen", type=_address, default=("127.0.0.1", 0))
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     parser.add_argument("--rate-mbit", type=float, default=200.0)
-    parser.add_argument("--stats-file", default="", help="keep the byte counts of both directions in this JSON file")
+    parser.add_argument("--series-file", default="", help="append a JSON line of the counters every 50 ms")
     arguments = parser.parse_args()
     try:
-        trio.run(run, arguments.listen, arguments.upstream, arguments.rtt_ms, arguments.rate_mbit, arguments.stats_file)
+        trio.run(
+            run, arguments.listen, arguments.upstream, arguments.rtt_ms, arguments.rate_mbit, arguments.series_file
+        )
     except KeyboardInterrupt:
         pass
     return 0
