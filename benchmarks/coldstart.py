@@ -1,23 +1,30 @@
-"""Cold-start benchmark: OCI pull-and-unpack against lazy mounts, on a real registry over a shaped link.
+"""Cold-start benchmark: OCI pull-and-unpack against lazy mounts, on a real registry over shaped links.
 
-    python3 -m benchmarks.coldstart [--rtt-ms 20] [--rate-mbit 200] [--images a,b] [--runs 3] [--quick]
+    python3 -m benchmarks.coldstart [--rtt-ms 20] [--rate-mbit 200,400] [--images a,b] [--runs 3] [--quick]
 
-Starts Debian's `docker-registry` on loopback with the link shaper (`benchmarks.shaper`) in
-front, builds real images from Debian packages (cached in ~/.cache/nydus-py), pushes each as an
-OCI image and converts it with `nydusify convert`. Then, for each image, it times from nothing on
-the host to the exit of the image's workload run with `runc`:
+Starts Debian's `docker-registry` on loopback with a link shaper (`benchmarks.shaper`) in front
+of it for each rate, builds real images from Debian packages (cached in ~/.cache/nydus-py),
+pushes each as an OCI image and converts it with `nydusify convert`. Then, for each image and
+link, with the page cache dropped before every run, it times from nothing on the host to the
+exit of the image's workload run with `runc`:
 
-- `oci`: pull every layer through the shaper, unpack it into a directory, run;
+- `oci`: the best case of a pull: every layer's download streamed into `tar -xz`, layers
+  downloading in parallel while they unpack in order; then run;
+- `local-disk`: the workload on the image unpacked beforehand on local disk (under a writable
+  overlay, as the lazy modes): the floor a lazy start is judged against;
 - `lazy-cold`: mount the converted image with nydusd reading from the registry through the
   shaper, with an empty cache, under a writable overlay, and run;
 - `lazy-prefetch`: the same, with the image rebuilt with the files the first run read, in order,
   as its prefetch list;
 - `lazy-warm`: the same as `lazy-cold` with the chunk cache filled by an earlier run.
 
-Bytes fetched are counted by the shaper (registry to host, HTTP included). A mode the project
-cannot do yet is reported as not available, with the reason, never approximated. Writes
-`coldstart.json`, `coldstart.md` and `coldstart.png` to benchmarks/results/ (or `--output-dir`).
-Needs root (runc, mounts), /dev/fuse, `docker-registry`, `runc` and apt access to build images.
+Per run it records the phases (daemon exec, mounted, first FUSE read, workload exit), the bytes,
+HTTP requests and most requests in flight the shaper saw, the shaper's bytes over time, and, from
+`nydusd --timeline-out`, the time FUSE reads spent blocked on misses and the bytes they read.
+A mode the project cannot do yet is reported as not available, with the reason, never
+approximated. Writes `coldstart.json`, `.md`, `.png` and `-timeline.png` to benchmarks/results/
+(or `--output-dir`). Needs root (runc, mounts, drop_caches), /dev/fuse, `docker-registry`, `runc`
+and apt access to build images.
 """
 
 from __future__ import annotations
@@ -39,19 +46,34 @@ from types import FrameType
 from benchmarks.coldstart_images import DEFAULT_CACHE, IMAGES, BuiltImage, build_image, push_image
 from benchmarks.coldstart_runtime import (
     Phases,
+    drop_page_cache,
     fetch_bootstrap,
     lazy_rootfs,
     oci_pull_unpack,
+    overlay_rootfs,
     registry_client,
     run_container,
+    unpack_layer,
 )
-from benchmarks.coldstart_services import Network, network
+from benchmarks.coldstart_services import Network, Shaper, network
+from benchmarks.coldstart_timeline import read_timeline, summarise
 from benchmarks.common import RESULTS_DIR
-from benchmarks.report import BASELINE, CaseRecord, ImageRecord, Results, RunRecord, markdown, write_report
+from benchmarks.report import (
+    BASELINE,
+    CaseRecord,
+    DaemonRecord,
+    ImageRecord,
+    LinkRecord,
+    Results,
+    RunRecord,
+    markdown,
+    write_report,
+)
 from rafs import oci
 from rafs.oci import ImageReference
 
-MODES = ("oci", "lazy-cold", "lazy-prefetch", "lazy-warm")
+MODES = ("oci", "local-disk", "lazy-cold", "lazy-prefetch", "lazy-warm")
+LAZY_MODES = ("lazy-cold", "lazy-prefetch", "lazy-warm")
 QUICK_IMAGE = "debian-base"
 OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
 
@@ -65,16 +87,22 @@ def _help(argv: list[str]) -> str:
 
 
 def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch: bool) -> dict[str, object]:
-    """nydusd's config for blobs from `host` (plain HTTP), chunks cached in `cache_dir`."""
-    return {
+    """nydusd's config for blobs from `host` (plain HTTP), chunks cached in `cache_dir`.
+
+    Only what the case needs is set, so that the daemon's defaults (concurrency, merging,
+    readahead, and prefetching the bootstrap's prefetch table) are what is measured; the
+    trace-prefetch case says `fs_prefetch.enable` explicitly."""
+    config: dict[str, object] = {
         "device": {
             "backend": {"type": "registry", "config": {"scheme": "http", "host": host, "repo": repository}},
             "cache": {"type": "blobcache", "config": {"work_dir": cache_dir}},
         },
         "mode": "direct",
         "digest_validate": True,
-        "fs_prefetch": {"enable": prefetch, "threads_count": 4, "merging_size": 1 << 20, "bandwidth_rate": 0},
     }
+    if prefetch:
+        config["fs_prefetch"] = {"enable": True}
+    return config
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,7 @@ class Support:
 
     reasons: dict[str, str]
     image_flag: bool  # nydusd --image REF (fetches manifest and bootstrap itself)
+    timeline_flag: bool  # nydusd --timeline-out FILE (phases, blocked misses, FUSE read bytes)
 
     def available(self, mode: str) -> bool:
         return not self.reasons.get(mode, "")
@@ -103,8 +132,7 @@ def detect_support() -> Support:
         except ConfigError as error:
             lazy = f"nydusd has no registry backend yet ({error})"
     nydusd_help = _help(["nydusd", "--help"]) if not lazy else ""
-    image_flag = "--image" in nydusd_help
-    for mode in ("lazy-cold", "lazy-prefetch", "lazy-warm"):
+    for mode in LAZY_MODES:
         reasons[mode] = lazy
     if not lazy:
         missing = []
@@ -115,9 +143,9 @@ def detect_support() -> Support:
         if missing:
             reasons["lazy-prefetch"] = f"no access trace to build from ({', '.join(missing)} missing)"
     if shutil.which("nydusify") is None:
-        for mode in ("lazy-cold", "lazy-prefetch", "lazy-warm"):
+        for mode in LAZY_MODES:
             reasons[mode] = reasons[mode] or "nydusify is not installed"
-    return Support(reasons, image_flag)
+    return Support(reasons, "--image" in nydusd_help, "--timeline-out" in nydusd_help)
 
 
 # ---- one image
@@ -125,13 +153,15 @@ def detect_support() -> Support:
 
 @dataclass
 class Prepared:
-    """An image pushed and converted, with the figures of its artifacts."""
+    """An image pushed and converted, with the figures of its artifacts and the host state the
+    modes start from (all made before any measured run)."""
 
     built: BuiltImage
     repository: str
     record: ImageRecord
     warm_dir: Path | None = None  # a filled chunk cache and the bootstrap, for lazy-warm
-    runs: dict[str, list[RunRecord]] = field(default_factory=dict)
+    local_rootfs: Path | None = None  # the image unpacked on local disk, for local-disk
+    runs: dict[tuple[float, str], list[RunRecord]] = field(default_factory=dict)  # (rate, mode) -> runs
 
 
 def convert(net: Network, repository: str, target_tag: str, work: Path, prefetch_files: Path | None = None) -> float:
@@ -188,7 +218,8 @@ def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
         "bootstrap_bytes": None,
         "convert_s": None,
         "trace_files": None,
-        "cases": [],
+        "read_bytes": None,
+        "links": [],
     }
     if shutil.which("nydusify") is not None:
         record["convert_s"] = convert(net, repository, NYDUS_TAG, work / "convert")
@@ -199,78 +230,113 @@ def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
 
 # ---- measured starts
 
+Start = Callable[[Phases], DaemonRecord | None]
 
-def measure(net: Network, start: Callable[[Phases], None]) -> RunRecord:
-    """Time `start` from nothing to the workload's exit; bytes through the shaper meanwhile."""
-    before = net.shaper.bytes_carried()
+
+def measure(shaper: Shaper, start: Start) -> RunRecord:
+    """Run `start` from nothing (page cache dropped) to the workload's exit; what the shaper
+    carried meanwhile, and what the daemon said."""
+    drop_page_cache()
+    opening = shaper.sample_after()
     phases = Phases()
-    start(phases)
-    ended = time.time()
-    carried = net.shaper.bytes_carried(after=ended) - before
+    daemon = start(phases)
+    closing = shaper.sample_after(phases.events["exit"])
+    window = shaper.window(opening, closing, origin=phases.started_at)
     return {
-        "seconds": phases.total,
-        "phases": phases.seconds,
-        "bytes_down": carried.down,
-        "bytes_up": carried.up,
+        "seconds": round(phases.total, 4),
+        "events": phases.since_start(),
+        "bytes_down": window.down,
+        "bytes_up": window.up,
+        "requests": window.requests,
+        "max_in_flight": window.max_in_flight,
+        "down_series": [[at, down] for at, down in window.down_series],
+        "in_flight_series": [[at, peak] for at, peak in window.in_flight_series],
+        "daemon": daemon,
     }
 
 
-def run_oci(net: Network, image: Prepared, work: Path) -> RunRecord:
+def oci_start(shaper: Shaper, image: Prepared, work: Path) -> Start:
     def start(phases: Phases) -> None:
-        rootfs = oci_pull_unpack(net.shaped_host, image.repository, OCI_TAG, work, phases)
+        rootfs = oci_pull_unpack(shaper.host, image.repository, OCI_TAG, work, phases)
         run_container(work / "bundle", rootfs, image.built.spec.workload)
-        phases.mark("run")
-
-    try:
-        return measure(net, start)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _lazy_start(
-    net: Network, image: Prepared, support: Support, tag: str, work: Path, cache_dir: Path,
-    *, prefetch: bool = False, extra_args: tuple[str, ...] = (),
-) -> Callable[[Phases], None]:  # fmt: skip
-    """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
-    `cache_dir` (chunks and bootstrap): empty for a cold start, kept from a first run for a warm one."""
-
-    def start(phases: Phases) -> None:
-        config = registry_backend_config(net.shaped_host, image.repository, str(cache_dir), prefetch)
-        if support.image_flag:  # nydusd fetches manifest and bootstrap (keeping it in its cache)
-            args = ["--image", f"{net.shaped_host}/{image.repository}:{tag}"]
-        else:  # the harness does, keeping the bootstrap beside the cache as nydusd would
-            path = cache_dir.parent / f"{cache_dir.name}.boot"
-            if not path.exists():
-                fetch_bootstrap(net.shaped_host, image.repository, tag, path)
-                phases.mark("bootstrap")
-            args = ["--bootstrap", str(path)]
-        with lazy_rootfs([*args, *extra_args], work / "mount", config, phases) as rootfs:
-            run_container(work / "bundle", rootfs, image.built.spec.workload)
-            phases.mark("run")
+        phases.mark("exit")
 
     return start
 
 
-def run_lazy(net: Network, image: Prepared, support: Support, mode: str, work: Path) -> RunRecord:
+def local_disk_start(image: Prepared, work: Path) -> Start:
+    def start(phases: Phases) -> None:
+        assert image.local_rootfs is not None
+        with overlay_rootfs(image.local_rootfs, work) as rootfs:
+            run_container(work / "bundle", rootfs, image.built.spec.workload)
+            phases.mark("exit")
+
+    return start
+
+
+def lazy_start(
+    shaper: Shaper, image: Prepared, support: Support, tag: str, work: Path, cache_dir: Path,
+    *, prefetch: bool = False, extra_args: tuple[str, ...] = (),
+) -> Start:  # fmt: skip
+    """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
+    `cache_dir` (chunks and bootstrap): empty for a cold start, kept from a first run for a warm one."""
+
+    def start(phases: Phases) -> DaemonRecord | None:
+        config = registry_backend_config(shaper.host, image.repository, str(cache_dir), prefetch)
+        if support.image_flag:  # nydusd fetches manifest and bootstrap (keeping it in its cache)
+            args = ["--image", f"{shaper.host}/{image.repository}:{tag}"]
+        else:  # the harness does, keeping the bootstrap beside the cache as nydusd would
+            path = cache_dir.parent / f"{cache_dir.name}.boot"
+            if not path.exists():
+                fetch_bootstrap(shaper.host, image.repository, tag, path)
+                phases.mark("bootstrap")
+            args = ["--bootstrap", str(path)]
+        timeline_path = work / "timeline.json"
+        if support.timeline_flag:
+            args += ["--timeline-out", str(timeline_path)]
+        phases.mark("daemon exec")
+        with lazy_rootfs([*args, *extra_args], work / "mount", config, phases) as rootfs:
+            run_container(work / "bundle", rootfs, image.built.spec.workload)
+            phases.mark("exit")
+        if not support.timeline_flag:
+            return None
+        daemon = summarise(read_timeline(timeline_path), phases.started_at)
+        phases.mark("daemon started", phases.started_at + daemon["started_s"])
+        phases.mark("mounted", phases.started_at + daemon["mounted_s"])  # the daemon's own moment
+        if daemon["first_read_s"] is not None:
+            phases.mark("first read", phases.started_at + daemon["first_read_s"])
+        return daemon
+
+    return start
+
+
+def run_mode(shaper: Shaper, image: Prepared, support: Support, mode: str, work: Path) -> RunRecord:
+    """One measured start of `image` in `mode` over `shaper`'s link; its work directory removed after."""
     try:
-        if mode == "lazy-warm":
+        if mode == BASELINE:
+            start = oci_start(shaper, image, work)
+        elif mode == "local-disk":
+            start = local_disk_start(image, work)
+        elif mode == "lazy-warm":
             assert image.warm_dir is not None
-            start = _lazy_start(net, image, support, NYDUS_TAG, work, image.warm_dir / "cache")
+            start = lazy_start(shaper, image, support, NYDUS_TAG, work, image.warm_dir / "cache")
         elif mode == "lazy-prefetch":
-            start = _lazy_start(net, image, support, PREFETCH_TAG, work, work / "cache", prefetch=True)
+            start = lazy_start(shaper, image, support, PREFETCH_TAG, work, work / "cache", prefetch=True)
         else:
-            start = _lazy_start(net, image, support, NYDUS_TAG, work, work / "cache")
-        return measure(net, start)
+            start = lazy_start(shaper, image, support, NYDUS_TAG, work, work / "cache")
+        return measure(shaper, start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def prepare_lazy(net: Network, image: Prepared, support: Support, modes: list[str], work: Path) -> None:
-    """Unmeasured first runs: the access trace for `lazy-prefetch`, the filled cache for `lazy-warm`."""
+def prepare_hosts(net: Network, image: Prepared, support: Support, modes: list[str], work: Path) -> None:
+    """Unmeasured first runs and setup: the access trace for `lazy-prefetch`, the filled cache
+    for `lazy-warm` (both over the first link), the unpacked rootfs for `local-disk`."""
+    shaper = net.shapers[0]
     if "lazy-prefetch" in modes and support.available("lazy-prefetch"):
         trace = work / "trace.txt"
-        start = _lazy_start(
-            net, image, support, NYDUS_TAG, work / "trace-run", work / "trace-cache",
+        start = lazy_start(
+            shaper, image, support, NYDUS_TAG, work / "trace-run", work / "trace-cache",
             extra_args=("--trace-out", str(trace)),
         )  # fmt: skip
         start(Phases())
@@ -284,9 +350,14 @@ def prepare_lazy(net: Network, image: Prepared, support: Support, modes: list[st
     if "lazy-warm" in modes and support.available("lazy-warm"):
         image.warm_dir = work / "warm"
         image.warm_dir.mkdir(parents=True)
-        start = _lazy_start(net, image, support, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
+        start = lazy_start(shaper, image, support, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
         start(Phases())
         shutil.rmtree(work / "warm-run", ignore_errors=True)
+    if "local-disk" in modes:
+        image.local_rootfs = work / "local-rootfs"
+        image.local_rootfs.mkdir(parents=True)
+        for layer in image.built.layers:
+            unpack_layer(layer.path, image.local_rootfs)
 
 
 def median_case(mode: str, support: Support, runs: list[RunRecord]) -> CaseRecord:
@@ -303,13 +374,26 @@ def median_case(mode: str, support: Support, runs: list[RunRecord]) -> CaseRecor
     }
 
 
+def read_bytes(links: list[LinkRecord]) -> int | None:
+    """What the start reads through the filesystem: the median FUSE read bytes of the cold lazy runs."""
+    counts = [
+        run["daemon"]["fuse_read_bytes"]
+        for link in links
+        for case in link["cases"]
+        if case["mode"] == "lazy-cold"
+        for run in case["runs"]
+        if run["daemon"] is not None
+    ]
+    return int(statistics.median(counts)) if counts else None
+
+
 # ---- the whole run
 
 
 @dataclass(frozen=True)
 class Settings:
     rtt_ms: float
-    rate_mbit: float
+    rates_mbit: list[float]
     images: list[str]
     runs: int
     modes: list[str]
@@ -318,46 +402,69 @@ class Settings:
     name: str
 
 
+def _run_line(name: str, shaper: Shaper, mode: str, run: int, record: RunRecord) -> str:
+    daemon = record["daemon"]
+    blocked = (
+        ""
+        if daemon is None
+        else f", blocked {daemon['blocked_s']:.2f} s, read {daemon['fuse_read_bytes'] / 2**20:.1f} MiB"
+    )
+    return (
+        f"  {name} {shaper.rate_mbit:g} Mbit/s {mode} run {run + 1}: {record['seconds']:.2f} s, "
+        f"{record['bytes_down'] / 2**20:.1f} MiB in {record['requests']} requests "
+        f"(at most {record['max_in_flight']} in flight){blocked}"
+    )
+
+
 def benchmark(settings: Settings) -> Results:
     support = detect_support()
     for mode in settings.modes:
         if not support.available(mode):
             print(f"mode {mode}: not available: {support.reasons[mode]}", flush=True)
+    if not support.timeline_flag:
+        print("nydusd has no --timeline-out: lazy runs without first-read, blocked-miss and FUSE-read figures")
     print("building images (cached in", settings.cache_dir, ")", flush=True)
     built = [build_image(IMAGES[name], settings.cache_dir) for name in settings.images]
     records: list[ImageRecord] = []
     with tempfile.TemporaryDirectory(prefix="coldstart-") as temp:
         root = Path(temp)
-        with network(root, settings.rtt_ms, settings.rate_mbit) as net:
-            print(f"registry {net.direct_host}, shaper {net.shaped_host} "
-                  f"({settings.rtt_ms} ms RTT, {settings.rate_mbit} Mbit/s)", flush=True)  # fmt: skip
+        with network(root, settings.rtt_ms, settings.rates_mbit) as net:
+            links = ", ".join(f"{shaper.host} ({shaper.rate_mbit:g} Mbit/s)" for shaper in net.shapers)
+            print(f"registry {net.direct_host}, shapers {links}, {settings.rtt_ms:g} ms RTT", flush=True)
             for image in built:
                 work = root / image.spec.name
                 prepared = prepare(net, image, work)
-                prepare_lazy(net, prepared, support, settings.modes, work)
+                prepare_hosts(net, prepared, support, settings.modes, work)
                 for run in range(settings.runs):
-                    for mode in settings.modes:
-                        if not support.available(mode):
-                            continue
-                        case_work = work / f"{mode}-{run}"
-                        if mode == BASELINE:
-                            record = run_oci(net, prepared, case_work)
-                        else:
-                            record = run_lazy(net, prepared, support, mode, case_work)
-                        prepared.runs.setdefault(mode, []).append(record)
-                        print(f"  {image.spec.name} {mode} run {run + 1}: {record['seconds']:.2f} s, "
-                              f"{record['bytes_down'] / 2**20:.1f} MiB", flush=True)  # fmt: skip
-                prepared.record["cases"] = [
-                    median_case(mode, support, prepared.runs.get(mode, [])) for mode in settings.modes
+                    for shaper in net.shapers:
+                        for mode in settings.modes:
+                            if not support.available(mode):
+                                continue
+                            case_work = work / f"{mode}-{shaper.rate_mbit:g}-{run}"
+                            record = run_mode(shaper, prepared, support, mode, case_work)
+                            prepared.runs.setdefault((shaper.rate_mbit, mode), []).append(record)
+                            print(_run_line(image.spec.name, shaper, mode, run, record), flush=True)
+                prepared.record["links"] = [
+                    {
+                        "rtt_ms": shaper.rtt_ms,
+                        "rate_mbit": shaper.rate_mbit,
+                        "cases": [
+                            median_case(mode, support, prepared.runs.get((shaper.rate_mbit, mode), []))
+                            for mode in settings.modes
+                        ],
+                    }
+                    for shaper in net.shapers
                 ]
+                prepared.record["read_bytes"] = read_bytes(prepared.record["links"])
                 records.append(prepared.record)
                 shutil.rmtree(work, ignore_errors=True)
     settings_record: dict[str, object] = {
         "rtt_ms": settings.rtt_ms,
-        "rate_mbit": settings.rate_mbit,
+        "rates_mbit": settings.rates_mbit,
         "runs": settings.runs,
         "images": settings.images,
         "modes": settings.modes,
+        "timeline": support.timeline_flag,
     }
     return {"settings": settings_record, "images": records}
 
@@ -366,14 +473,26 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of Mbit/s: {text!r}") from error
+    if not rates or any(rate <= 0 for rate in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"need distinct positive rates: {text!r}")
+    return rates
+
+
 def parse_arguments(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rtt-ms", type=float, default=20.0, help="round-trip time the shaper adds (20)")
-    parser.add_argument("--rate-mbit", type=float, default=200.0, help="bandwidth of the shaped link (200)")
+    parser.add_argument("--rtt-ms", type=float, default=20.0, help="round-trip time the shapers add (20)")
+    parser.add_argument(
+        "--rate-mbit", type=_rates, default=[200.0, 400.0], help="bandwidths of the links, comma-separated (200,400)"
+    )
     parser.add_argument("--images", default=",".join(IMAGES), help=f"comma-separated, of: {', '.join(IMAGES)}")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each case; medians are reported (3)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
-    parser.add_argument("--quick", action="store_true", help=f"one small image ({QUICK_IMAGE}), one run")
+    parser.add_argument("--quick", action="store_true", help=f"one small image ({QUICK_IMAGE}), one link, one run")
     parser.add_argument("--output-dir", default=RESULTS_DIR)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help=".debs and built layers (~/.cache/nydus-py)")
     arguments = parser.parse_args(argv)
@@ -390,30 +509,22 @@ def parse_arguments(argv: list[str] | None = None) -> Settings:
     runs = 1 if arguments.quick else arguments.runs
     if runs < 1:
         parser.error("--runs must be at least 1")
+    rates = arguments.rate_mbit[:1] if arguments.quick else arguments.rate_mbit
     name = "coldstart-quick" if arguments.quick else "coldstart"
-    return Settings(
-        arguments.rtt_ms,
-        arguments.rate_mbit,
-        images,
-        runs,
-        modes,
-        arguments.output_dir,
-        Path(arguments.cache_dir),
-        name,
-    )
+    return Settings(arguments.rtt_ms, rates, images, runs, modes, arguments.output_dir, Path(arguments.cache_dir), name)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_arguments(argv)
     if os.geteuid() != 0:
-        print("coldstart: needs root (runc, overlay and FUSE mounts)", file=sys.stderr)
+        print("coldstart: needs root (runc, overlay and FUSE mounts, drop_caches)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     started = time.perf_counter()
     try:
         results = benchmark(settings)
     except KeyboardInterrupt:
-        print("coldstart: interrupted; registry, shaper and mounts stopped", file=sys.stderr)
+        print("coldstart: interrupted; registry, shapers and mounts stopped", file=sys.stderr)
         return 130
     results["settings"]["wall_s"] = round(time.perf_counter() - started, 1)
     paths = write_report(results, settings.output_dir, settings.name)

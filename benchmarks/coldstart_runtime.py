@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
+import queue
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+import requests
 
 from benchmarks.coldstart_images import ENV_PATH
 from benchmarks.coldstart_services import stop_group
@@ -30,6 +36,8 @@ from rafs import oci
 from rafs.oci import ImageReference
 
 PULL_CONCURRENCY = 3  # layers downloaded at once, as containerd does by default
+PIECE_BYTES = 1 << 20
+DOWNLOAD_TIMEOUT_S = 60.0  # between two pieces of a layer
 MOUNT_TIMEOUT_S = 60.0
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -37,19 +45,31 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 
 @dataclass
 class Phases:
-    """Wall seconds of each named phase of one measured start, in order."""
+    """The moments of one measured start, as wall-clock times (`time.time()`, the clock nydusd's
+    timeline and the shaper's series use), from `started_at` (nothing on the host yet) to the
+    event "exit" (the workload's)."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
-    _last: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    events: dict[str, float] = field(default_factory=dict)  # event name -> when
 
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
-        self._last = now
+    def mark(self, event: str, at: float | None = None) -> None:
+        self.events[event] = time.time() if at is None else at
+
+    def since_start(self) -> dict[str, float]:
+        """Seconds from the start to each event, in the order they happened."""
+        ordered = sorted(self.events.items(), key=lambda item: item[1])
+        return {event: round(at - self.started_at, 4) for event, at in ordered}
 
     @property
     def total(self) -> float:
-        return sum(self.seconds.values())
+        return self.events["exit"] - self.started_at
+
+
+def drop_page_cache() -> None:
+    """Write back and drop the page cache, dentries and inodes, so a start reads from disk (or the network)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as control:
+        control.write("3\n")
 
 
 def registry_client() -> RegistryClient:
@@ -132,49 +152,121 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def unpack_layer(layer: Path, rootfs: Path) -> None:
-    """Extract a tar.gz layer over `rootfs` with GNU tar (owners, modes, xattrs), then whiteouts."""
-    completed = subprocess.run(
-        ["tar", "-xzvf", str(layer), "-C", str(rootfs), "--numeric-owner", "--same-owner",
-         "--same-permissions", "--xattrs", "--xattrs-include=*"],
-        capture_output=True, text=True, check=False,
+def unpack_stream(pieces: Iterable[bytes], rootfs: Path, name: str, digest: str = "") -> None:
+    """Extract a tar.gz layer arriving as `pieces` over `rootfs` with GNU tar (owners, modes,
+    xattrs) as it arrives, then apply its whiteouts; the layer must match `digest` when given."""
+    tar = subprocess.Popen(
+        ["tar", "-xzvf", "-", "-C", str(rootfs), "--numeric-owner", "--same-owner", "--same-permissions",
+         "--xattrs", "--xattrs-include=*"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    if completed.returncode != 0:
-        raise RuntimeError(f"tar -xzf {layer}: {completed.stderr.strip()[-2000:]}")
-    entries = completed.stdout.splitlines()
+    assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None
+    outputs: dict[str, bytes] = {}
+    readers = [  # tar lists entries while it reads: drain both pipes or it stalls
+        threading.Thread(target=_drain, args=(tar.stdout, outputs, "listing"), daemon=True),
+        threading.Thread(target=_drain, args=(tar.stderr, outputs, "errors"), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    layer_hash = hashlib.sha256()
+    try:
+        for data in pieces:
+            layer_hash.update(data)
+            tar.stdin.write(data)
+    except BrokenPipeError:
+        pass  # tar stopped reading: its exit status and message say why
+    finally:  # also when `pieces` failed: tar sees the end of its input and exits
+        try:
+            tar.stdin.close()
+        except BrokenPipeError:
+            pass
+        returncode = tar.wait()
+        for reader in readers:
+            reader.join()
+    if returncode != 0:
+        raise RuntimeError(f"tar -xzf {name}: {outputs.get('errors', b'').decode(errors='replace').strip()[-2000:]}")
+    if digest and "sha256:" + layer_hash.hexdigest() != digest:
+        raise RuntimeError(f"layer {name}: content differs from its digest {digest}")
+    entries = outputs.get("listing", b"").decode(errors="surrogateescape").splitlines()
     if any(os.path.basename(entry.rstrip("/")).startswith(WHITEOUT_PREFIX) for entry in entries):
         _apply_whiteouts(rootfs, entries)
 
 
+def _drain(stream: IO[bytes], outputs: dict[str, bytes], key: str) -> None:
+    outputs[key] = stream.read()
+
+
+def _file_pieces(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while data := file.read(PIECE_BYTES):
+            yield data
+
+
+def unpack_layer(layer: Path, rootfs: Path) -> None:
+    """Extract a tar.gz layer file over `rootfs`, then its whiteouts."""
+    unpack_stream(_file_pieces(layer), rootfs, str(layer))
+
+
+class LayerDownload:
+    """One layer's body, read from the registry in a worker thread into memory as it arrives:
+    the unpacker takes the pieces in order while later ones still arrive (no temporary file)."""
+
+    def __init__(self, url: str, stop: threading.Event) -> None:
+        self.url = url
+        self.stop = stop
+        self.pieces: queue.Queue[bytes | BaseException | None] = queue.Queue()  # None: the end
+
+    def run(self) -> None:
+        try:
+            with requests.get(self.url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {self.url}: HTTP {response.status_code}")
+                for data in response.iter_content(PIECE_BYTES):
+                    if self.stop.is_set():
+                        raise RuntimeError(f"GET {self.url}: stopped")
+                    self.pieces.put(data)
+            self.pieces.put(None)
+        except BaseException as error:
+            self.pieces.put(error)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            piece = self.pieces.get()
+            if piece is None:
+                return
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+
+
 def oci_pull_unpack(host: str, repository: str, tag: str, work: Path, phases: Phases) -> Path:
-    """Pull every layer through `host` (layers in parallel), unpacking each as soon as the
-    layers below it are unpacked, as containerd does; returns the rootfs."""
+    """The best case of an OCI pull: each layer's download streams into `tar -xz` (no temporary
+    file); up to `PULL_CONCURRENCY` layers download at once while the layers are unpacked in order,
+    each as soon as the layers below it are, as containerd does. Returns the rootfs."""
     ref = ImageReference(host, repository, tag)
-    downloads, rootfs = work / "downloads", work / "rootfs"
-    downloads.mkdir(parents=True)
-    rootfs.mkdir()
+    rootfs = work / "rootfs"
+    rootfs.mkdir(parents=True)
     client = registry_client()
     try:
         manifest = client.get_image_manifest(ref).document
         config = manifest["config"]
         assert isinstance(config, dict)
         client.read_blob(ref, str(config["digest"]))
-        layers = manifest["layers"]
-        assert isinstance(layers, list)
-        with ThreadPoolExecutor(PULL_CONCURRENCY) as pool:
-            pending: list[Future[int]] = []
-            paths = []
-            for index, layer in enumerate(layers):
-                path = downloads / f"layer-{index}.tar.gz"
-                paths.append(path)
-                pending.append(pool.submit(client.download_blob, ref, str(layer["digest"]), str(path)))
-            for path, future in zip(paths, pending, strict=True):
-                future.result()
-                unpack_layer(path, rootfs)
-                path.unlink()
     finally:
         client.close()
-    phases.mark("pull+unpack")
+    layers = manifest["layers"]
+    assert isinstance(layers, list)
+    stop = threading.Event()
+    downloads = [LayerDownload(f"http://{host}/v2/{repository}/blobs/{layer['digest']}", stop) for layer in layers]
+    with ThreadPoolExecutor(PULL_CONCURRENCY) as pool:
+        try:
+            for download in downloads:
+                pool.submit(download.run)
+            for download, layer in zip(downloads, layers, strict=True):
+                unpack_stream(download, rootfs, str(layer["digest"]), str(layer["digest"]))
+        finally:
+            stop.set()
+    phases.mark("unpacked")
     return rootfs
 
 
@@ -222,12 +314,26 @@ def _unmount(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def overlay_rootfs(lower: Path, work: Path) -> Iterator[Path]:
+    """`lower` under a fresh writable upper directory, as a runtime gives a container; unmounted on the way out."""
+    upper, overlay_work, merged = (work / name for name in ("upper", "overlay-work", "merged"))
+    for directory in (upper, overlay_work, merged):
+        directory.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={overlay_work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], check=True)
+    try:
+        yield merged
+    finally:
+        _unmount(merged)
+
+
+@contextlib.contextmanager
 def lazy_rootfs(nydusd_args: Sequence[str], work: Path, config: dict[str, object], phases: Phases) -> Iterator[Path]:
     """Start nydusd (`nydusd_args` + mountpoint + config), overlay a writable upper on its mount
-    as a runtime would, and yield the merged rootfs; everything is undone on the way out."""
-    mountpoint, upper, overlay_work, merged = (work / name for name in ("lower", "upper", "overlay-work", "merged"))
-    for directory in (mountpoint, upper, overlay_work, merged):
-        directory.mkdir(parents=True, exist_ok=True)
+    as a runtime would, and yield the merged rootfs; everything is undone on the way out (the
+    daemon stopped with SIGTERM, so that it unmounts and writes what it was asked to)."""
+    mountpoint = work / "lower"
+    mountpoint.mkdir(parents=True, exist_ok=True)
     config_path = work / "nydusd.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = work / "nydusd.log"
@@ -244,14 +350,9 @@ def lazy_rootfs(nydusd_args: Sequence[str], work: Path, config: dict[str, object
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nydusd did not mount within {MOUNT_TIMEOUT_S} s")
             time.sleep(0.002)
-        phases.mark("mount")
-        options = f"lowerdir={mountpoint},upperdir={upper},workdir={overlay_work}"
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], check=True)
-        try:
-            phases.mark("overlay")
+        phases.mark("mounted")
+        with overlay_rootfs(mountpoint, work) as merged:
             yield merged
-        finally:
-            _unmount(merged)
     finally:
         stop_group(daemon)
         _unmount(mountpoint)

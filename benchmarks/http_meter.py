@@ -156,13 +156,17 @@ class _Stream:
                     self.body = None
                     self.on_body_end()
                 continue
+            if self.head:  # a head begun in earlier pieces: its end may straddle the cut
+                data, position = self.head + data[position:], 0
+                self.head = b""
             end = data.find(b"\r\n\r\n", position)
             if end < 0:
-                self.head += data[position:]
+                self.head = data[position:]
                 self.broken = len(self.head) > MAX_HEAD_BYTES
+                if self.broken:
+                    self.head = b""
                 return
-            raw = (self.head + data[position:end]).lstrip(b"\r\n")
-            self.head = b""
+            raw = data[position:end].lstrip(b"\r\n")
             position = end + 4
             head = parse_head(raw)
             try:

@@ -97,11 +97,11 @@ async def _pump(
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     return
+                on_delivered(data)  # before the send: the other end cannot act on bytes not yet counted
                 try:
                     await sink.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
-                on_delivered(data)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_side)

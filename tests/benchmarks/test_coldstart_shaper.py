@@ -1,69 +1,132 @@
-"""The shaper's byte counters, as the cold-start harness reads them (`--stats-file`)."""
+"""The shaper's series (`--series-file`) as the cold-start harness reads it: bytes, HTTP requests
+and requests in flight, against a real HTTP server on loopback, through the shaper."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
-from benchmarks.coldstart_services import LinkBytes, Shaper
+from benchmarks.coldstart_services import Shaper
 
-PAYLOAD = b"x" * 300_000
+BLOB = bytes(range(256)) * 1200  # 300 KiB
+CONCURRENT = 3
 
 
-def _serve(server: socket.socket) -> None:
-    """Upstream: reads 4 bytes, answers PAYLOAD, closes."""
-    while True:
-        try:
-            connection, _ = server.accept()
-        except OSError:
+class _Handler(BaseHTTPRequestHandler):
+    """GET /blob (with Range), HEAD /blob, GET /chunked, and GET /together, whose answers wait
+    until `CONCURRENT` of them have arrived: all are in flight at once, whatever the timing."""
+
+    protocol_version = "HTTP/1.1"
+    barrier = threading.Barrier(CONCURRENT)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BLOB)))
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        if self.path == "/together":
+            self.barrier.wait(timeout=30)
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (BLOB[:1000], BLOB[1000:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
             return
-        with connection:
-            if connection.recv(4):
-                connection.sendall(PAYLOAD)
+        body = BLOB
+        header = self.headers.get("Range", "")
+        if header.startswith("bytes="):
+            first, last = (int(number) for number in header[len("bytes=") :].split("-"))
+            body = BLOB[first : last + 1]
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 @pytest.fixture
-def upstream() -> Iterator[int]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    threading.Thread(target=_serve, args=(server,), daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
+def server() -> Iterator[str]:
+    _Handler.barrier = threading.Barrier(CONCURRENT)
+    http_server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{http_server.server_address[1]}"
+    http_server.shutdown()
+    http_server.server_close()
 
 
-def _fetch(host: str) -> int:
-    address, _, port = host.rpartition(":")
-    received = 0
-    with socket.create_connection((address, int(port))) as connection:
-        connection.sendall(b"data")
-        while data := connection.recv(1 << 16):
-            received += len(data)
-    return received
+@pytest.fixture
+def shaper(server: str, tmp_path: Path) -> Iterator[Shaper]:
+    running = Shaper(server, rtt_ms=2, rate_mbit=400, series_path=tmp_path / "series.jsonl")
+    yield running
+    running.stop()
 
 
-def test_stats_file_counts_every_byte_both_ways(upstream: int, tmp_path: Path) -> None:
-    shaper = Shaper(f"127.0.0.1:{upstream}", rtt_ms=2, rate_mbit=400, stats_path=tmp_path / "stats.json")
-    try:
-        before = shaper.bytes_carried()
-        assert before == LinkBytes(0, 0)
-        assert _fetch(shaper.host) == len(PAYLOAD)
-        assert _fetch(shaper.host) == len(PAYLOAD)
-        carried = shaper.bytes_carried(after=time.time()) - before
-    finally:
-        shaper.stop()
-    assert carried == LinkBytes(up=8, down=2 * len(PAYLOAD))
-    assert shaper.process.poll() is not None
+def test_requests_on_a_kept_alive_connection_are_counted(shaper: Shaper) -> None:
+    opening = shaper.sample_after()
+    origin = time.time()
+    with requests.Session() as session:  # one connection, kept alive across the requests
+        ranges = [
+            session.get(f"http://{shaper.host}/blob", headers={"Range": f"bytes={n}-{n + 999}"}) for n in (0, 5000)
+        ]
+        head = session.head(f"http://{shaper.host}/blob")
+        chunked = session.get(f"http://{shaper.host}/chunked")
+        whole = session.get(f"http://{shaper.host}/blob")
+    assert [response.content for response in ranges] == [BLOB[0:1000], BLOB[5000:6000]]
+    assert head.content == b"" and chunked.content == BLOB and whole.content == BLOB
+    closing = shaper.sample_after()
+    window = shaper.window(opening, closing, origin)
+    assert window.requests == 5
+    assert closing.responses - opening.responses == 5
+    assert closing.in_flight == 0
+    assert window.max_in_flight == 1  # one after the other on one connection
+    assert len(BLOB) * 2 + 2000 < window.down < len(BLOB) * 2 + 2000 + 5 * 1024  # bodies plus headers
+    assert 0 < window.up < 5 * 1024
 
 
-def test_shaper_stops_with_its_group(upstream: int, tmp_path: Path) -> None:
-    shaper = Shaper(f"127.0.0.1:{upstream}", rtt_ms=2, rate_mbit=400, stats_path=tmp_path / "stats.json")
+def test_the_most_in_flight_and_the_bytes_over_time(shaper: Shaper) -> None:
+    opening = shaper.sample_after()
+    origin = time.time()
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        bodies = list(pool.map(lambda _: requests.get(f"http://{shaper.host}/together").content, range(CONCURRENT)))
+    assert bodies == [BLOB] * CONCURRENT
+    closing = shaper.sample_after()
+    window = shaper.window(opening, closing, origin)
+    assert (window.requests, window.max_in_flight) == (CONCURRENT, CONCURRENT)
+    assert closing.in_flight == 0
+    # the series: one sample every 50 ms, cumulative bytes never falling, ending at the window's total
+    times = [at for at, _ in window.down_series]
+    assert times == sorted(times) and len(times) >= 1
+    counts = [count for _, count in window.down_series]
+    assert counts == sorted(counts)
+    assert counts[-1] == window.down >= CONCURRENT * len(BLOB)
+    assert all(peak <= CONCURRENT for _, peak in window.in_flight_series)
+    assert max(peak for _, peak in window.in_flight_series) == CONCURRENT
+
+
+def test_a_window_holds_only_its_own_traffic(shaper: Shaper) -> None:
+    requests.get(f"http://{shaper.host}/blob").raise_for_status()
+    opening = shaper.sample_after()
+    closing = shaper.sample_after()
+    window = shaper.window(opening, closing, time.time())
+    assert (window.requests, window.down, window.up, window.max_in_flight) == (0, 0, 0, 0)
+
+
+def test_shaper_stops_with_its_group(shaper: Shaper) -> None:
     shaper.stop()
     assert shaper.process.returncode is not None
     with pytest.raises(RuntimeError, match="exited"):
-        shaper.bytes_carried(after=time.time() + 60)
+        shaper.sample_after(time.time() + 60)
