@@ -90,15 +90,13 @@ def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch
     """nydusd's config for blobs from `host` (plain HTTP), chunks cached in `cache_dir`.
 
     Only what the case needs is set, so that the daemon's defaults (concurrency, merging,
-    readahead, and prefetching the bootstrap's prefetch table) are what is measured; the
-    trace-prefetch case says `fs_prefetch.enable` explicitly."""
+    readahead, digest checks, prefetching the bootstrap's prefetch table) are what is measured;
+    the trace-prefetch case says `fs_prefetch.enable` explicitly."""
     config: dict[str, object] = {
         "device": {
             "backend": {"type": "registry", "config": {"scheme": "http", "host": host, "repo": repository}},
             "cache": {"type": "blobcache", "config": {"work_dir": cache_dir}},
         },
-        "mode": "direct",
-        "digest_validate": True,
     }
     if prefetch:
         config["fs_prefetch"] = {"enable": True}
@@ -111,7 +109,6 @@ class Support:
 
     reasons: dict[str, str]
     image_flag: bool  # nydusd --image REF (fetches manifest and bootstrap itself)
-    timeline_flag: bool  # nydusd --timeline-out FILE (phases, blocked misses, FUSE read bytes)
 
     def available(self, mode: str) -> bool:
         return not self.reasons.get(mode, "")
@@ -132,6 +129,8 @@ def detect_support() -> Support:
         except ConfigError as error:
             lazy = f"nydusd has no registry backend yet ({error})"
     nydusd_help = _help(["nydusd", "--help"]) if not lazy else ""
+    if not lazy and "--timeline-out" not in nydusd_help:
+        lazy = "nydusd has no --timeline-out (first read, blocked misses, bytes read)"
     for mode in LAZY_MODES:
         reasons[mode] = lazy
     if not lazy:
@@ -145,7 +144,7 @@ def detect_support() -> Support:
     if shutil.which("nydusify") is None:
         for mode in LAZY_MODES:
             reasons[mode] = reasons[mode] or "nydusify is not installed"
-    return Support(reasons, "--image" in nydusd_help, "--timeline-out" in nydusd_help)
+    return Support(reasons, "--image" in nydusd_help)
 
 
 # ---- one image
@@ -281,7 +280,7 @@ def lazy_start(
     """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
     `cache_dir` (chunks and bootstrap): empty for a cold start, kept from a first run for a warm one."""
 
-    def start(phases: Phases) -> DaemonRecord | None:
+    def start(phases: Phases) -> DaemonRecord:
         config = registry_backend_config(shaper.host, image.repository, str(cache_dir), prefetch)
         if support.image_flag:  # nydusd fetches manifest and bootstrap (keeping it in its cache)
             args = ["--image", f"{shaper.host}/{image.repository}:{tag}"]
@@ -292,16 +291,13 @@ def lazy_start(
                 phases.mark("bootstrap")
             args = ["--bootstrap", str(path)]
         timeline_path = work / "timeline.json"
-        if support.timeline_flag:
-            args += ["--timeline-out", str(timeline_path)]
+        args += ["--timeline-out", str(timeline_path)]
         phases.mark("daemon exec")
         with lazy_rootfs([*args, *extra_args], work / "mount", config, phases) as rootfs:
             run_container(work / "bundle", rootfs, image.built.spec.workload)
             phases.mark("exit")
-        if not support.timeline_flag:
-            return None
         daemon = summarise(read_timeline(timeline_path), phases.started_at)
-        phases.mark("daemon started", phases.started_at + daemon["started_s"])
+        phases.mark("daemon process", phases.started_at + daemon["started_s"])
         phases.mark("mounted", phases.started_at + daemon["mounted_s"])  # the daemon's own moment
         if daemon["first_read_s"] is not None:
             phases.mark("first read", phases.started_at + daemon["first_read_s"])
@@ -421,8 +417,6 @@ def benchmark(settings: Settings) -> Results:
     for mode in settings.modes:
         if not support.available(mode):
             print(f"mode {mode}: not available: {support.reasons[mode]}", flush=True)
-    if not support.timeline_flag:
-        print("nydusd has no --timeline-out: lazy runs without first-read, blocked-miss and FUSE-read figures")
     print("building images (cached in", settings.cache_dir, ")", flush=True)
     built = [build_image(IMAGES[name], settings.cache_dir) for name in settings.images]
     records: list[ImageRecord] = []
@@ -464,7 +458,6 @@ def benchmark(settings: Settings) -> Results:
         "runs": settings.runs,
         "images": settings.images,
         "modes": settings.modes,
-        "timeline": support.timeline_flag,
     }
     return {"settings": settings_record, "images": records}
 

@@ -47,7 +47,7 @@ MiB = 1 << 20
 class DaemonRecord(TypedDict):
     """What `nydusd --timeline-out` said about one start; moments in seconds from the run's start."""
 
-    started_s: float  # the daemon's Python running
+    started_s: float  # the daemon process began (its own account, to the kernel's 10 ms tick)
     mounted_s: float
     first_read_s: float | None
     fuse_reads: int
@@ -71,7 +71,7 @@ class RunRecord(TypedDict):
     max_in_flight: int  # the most requests in flight at once, seen by the shaper
     down_series: list[list[float]]  # [seconds from the start, bytes down since the start], every 50 ms
     in_flight_series: list[list[float]]  # [seconds from the start, most in flight in the 50 ms before]
-    daemon: DaemonRecord | None  # None: not a lazy mode, or nydusd without --timeline-out
+    daemon: DaemonRecord | None  # None: not a lazy mode
 
 
 class CaseRecord(TypedDict):
@@ -225,7 +225,7 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
         rows.append(
             [
                 MODE_LABELS.get(case["mode"], case["mode"]),
-                _seconds(events.get("daemon started")),
+                _seconds(events.get("daemon process")),
                 _seconds(ready),
                 "-" if first_read is None else _seconds(first_read - ready),
                 _seconds(run["seconds"] - (ready if first_read is None else first_read)),
@@ -239,7 +239,7 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
             ]
         )
     header = [
-        "mode", "daemon running", "mounted / unpacked", "then first read", "then exit", "total",
+        "mode", "daemon process", "mounted / unpacked", "then first read", "then exit", "total",
         "blocked in misses s (summed over reads)", "FUSE read MiB", "daemon requests demand/readahead/prefetch",
         "daemon max in flight",
     ]  # fmt: skip
