@@ -336,7 +336,7 @@ def _timeline_panel(axes: Axes, run: RunRecord, rate_mbit: float, x_limit: float
             [point[1] for point in run["in_flight_series"]],
             color="tab:gray",
             linewidth=0.6,
-            where="post",
+            where="pre",  # a sample's peak is of the 50 ms before it
         )
         flight_axes.set_ylim(0, max(4.0, max(point[1] for point in run["in_flight_series"]) * 1.1))
         flight_axes.tick_params(labelsize=6, colors="tab:gray")

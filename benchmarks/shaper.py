@@ -14,9 +14,9 @@ With `--series-file`, it appends to FILE every 50 ms one JSON line of what it ha
     {"t": UNIX_TIME, "up": BYTES, "down": BYTES, "requests": N, "responses": N,
      "in_flight": N, "peak_in_flight": N}
 
-`up` and `down` count bytes when the shaper reads them (before they can reach the other end), so
-a reader that waits for a line with `t` later than the moment its transfer ended sees every
-byte of it. `requests`, `responses` and the in-flight figures count the HTTP/1.1 messages in the
+`up` and `down` count bytes as the shaper hands them to the far end (after the link's queue and
+delay, just before the far end can have them), so a reader that waits for a line with `t` later
+than the moment its transfer ended sees every byte of it, and the series shows when bytes arrived. `requests`, `responses` and the in-flight figures count the HTTP/1.1 messages in the
 streams (`benchmarks.http_meter`): a request is in flight from its head's arrival until the last
 byte of its response is delivered; `peak_in_flight` is the most in flight since the line before.
 """
@@ -46,13 +46,12 @@ class Link:
     rate_bytes_per_s: float
     one_way_delay_s: float
     free_at: float = 0.0
-    bytes_carried: int = 0
+    bytes_carried: int = 0  # counted as each piece is handed to the far end
 
     def schedule(self, now: float, size: int) -> float:
         """When a piece of `size` bytes that arrived at `now` reaches the other end."""
         start = max(now, self.free_at)
         self.free_at = start + (size / self.rate_bytes_per_s if self.rate_bytes_per_s > 0 else 0.0)
-        self.bytes_carried += size
         return self.free_at + self.one_way_delay_s
 
 
@@ -97,7 +96,8 @@ async def _pump(
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     return
-                on_delivered(data)  # before the send: the other end cannot act on bytes not yet counted
+                link.bytes_carried += len(data)  # before the send: the far end never has bytes not yet counted
+                on_delivered(data)
                 try:
                     await sink.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
