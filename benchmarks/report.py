@@ -225,7 +225,6 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
         rows.append(
             [
                 MODE_LABELS.get(case["mode"], case["mode"]),
-                _seconds(events.get("daemon process")),
                 _seconds(ready),
                 "-" if first_read is None else _seconds(first_read - ready),
                 _seconds(run["seconds"] - (ready if first_read is None else first_read)),
@@ -239,7 +238,7 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
             ]
         )
     header = [
-        "mode", "daemon process", "mounted / unpacked", "then first read", "then exit", "total",
+        "mode", "mounted / unpacked", "then first read", "then exit", "total",
         "blocked in misses s (summed over reads)", "FUSE read MiB", "daemon requests demand/readahead/prefetch",
         "daemon max in flight",
     ]  # fmt: skip
