@@ -77,12 +77,15 @@ async def _pump(
             while True:
                 try:
                     data = await source.receive_some(READ_SIZE)
-                except trio.BrokenResourceError:
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if data:
                     on_read(data)
                 deliver_at = link.schedule(trio.current_time(), len(data)) if data else trio.current_time()
-                await send_channel.send((deliver_at, data))
+                try:
+                    await send_channel.send((deliver_at, data))
+                except trio.BrokenResourceError:
+                    return  # the far end went away (the writer stopped): nothing more to carry
                 if not data:
                     return
 

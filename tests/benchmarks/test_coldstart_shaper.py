@@ -3,6 +3,7 @@ and requests in flight, against a real HTTP server on loopback, through the shap
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import requests
 from benchmarks.coldstart_services import Shaper
 
 BLOB = bytes(range(256)) * 1200  # 300 KiB
+BIG = 32 << 20  # more than the link's queue and the sockets' buffers hold
 CONCURRENT = 3
 
 
@@ -37,6 +39,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/together":
             self.barrier.wait(timeout=30)
+        if self.path == "/big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(BIG))
+            self.end_headers()
+            try:
+                for _ in range(BIG // len(BLOB) + 1):
+                    self.wfile.write(BLOB)
+            except OSError:
+                pass  # the shaper closed the connection: the client is gone
+            return
         if self.path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -123,6 +135,20 @@ def test_a_window_holds_only_its_own_traffic(shaper: Shaper) -> None:
     closing = shaper.sample_after()
     window = shaper.window(opening, closing, time.time())
     assert (window.requests, window.down, window.up, window.max_in_flight) == (0, 0, 0, 0)
+
+
+def test_a_client_that_leaves_mid_response_does_not_stop_the_link(shaper: Shaper) -> None:
+    address, _, port = shaper.host.rpartition(":")
+    for _ in range(3):
+        with socket.create_connection((address, int(port))) as connection:
+            connection.sendall(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+            connection.recv(1000)
+        # closed with megabytes of the response still queued in the shaper
+    time.sleep(0.5)
+    assert shaper.process.poll() is None
+    assert requests.get(f"http://{shaper.host}/blob", timeout=30).content == BLOB
+    closing = shaper.sample_after()
+    assert closing.in_flight == 0  # the abandoned requests ended with their connections
 
 
 def test_shaper_stops_with_its_group(shaper: Shaper) -> None:
