@@ -107,10 +107,11 @@ def write_bundle(bundle: Path, rootfs: Path, args: Sequence[str]) -> None:
     (bundle / "config.json").write_text(json.dumps(spec, indent=2))
 
 
-def run_container(bundle: Path, rootfs: Path, args: Sequence[str]) -> str:
-    """Run `args` in `rootfs` to completion with runc; its stdout. A failing workload raises."""
+def run_container(bundle: Path, rootfs: Path, args: Sequence[str], container_id: str = "") -> str:
+    """Run `args` in `rootfs` to completion with runc (as `container_id`, default a fresh one),
+    deleting the container after; its stdout. A failing workload raises."""
     write_bundle(bundle, rootfs, args)
-    container_id = f"coldstart-{uuid.uuid4().hex[:12]}"
+    container_id = container_id or f"coldstart-{uuid.uuid4().hex[:12]}"
     try:
         completed = subprocess.run(
             ["runc", "run", "--bundle", str(bundle), container_id],

@@ -125,11 +125,12 @@ def _host_shell_root(root: Path) -> Path:
 @requires_runc
 def test_run_container_returns_output_and_raises_on_failure(tmp_path: Path) -> None:
     rootfs = _host_shell_root(tmp_path / "rootfs")
-    assert run_container(tmp_path / "bundle", rootfs, ["/bin/sh", "-c", "echo hello"]) == "hello\n"
+    ids = [f"coldstart-test-{os.getpid()}-{index}" for index in range(2)]
+    assert run_container(tmp_path / "bundle", rootfs, ["/bin/sh", "-c", "echo hello"], ids[0]) == "hello\n"
     with pytest.raises(RuntimeError, match="exited 3"):
-        run_container(tmp_path / "bundle", rootfs, ["/bin/sh", "-c", "exit 3"])
-    listed = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True, check=True).stdout
-    assert "coldstart-" not in listed
+        run_container(tmp_path / "bundle", rootfs, ["/bin/sh", "-c", "exit 3"], ids[1])
+    listed = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True, check=True).stdout.split()
+    assert not set(ids) & set(listed)  # both deleted (other sessions' containers may be running)
 
 
 @requires_runc
