@@ -2,7 +2,8 @@
 
 nydusd writes it when it unmounts: wall-clock (`time.time()`) moments of its start, its mount
 and its first FUSE read, how many bytes the workload read through FUSE, every backend request
-(start, end, bytes, priority) and every interval a FUSE read waited for fetched data. The
+(start, end, bytes, priority), every interval a FUSE read waited for fetched data, and the
+CPU seconds the daemon used. The
 harness turns that into seconds from the start of the run, so it lines up with the shaper's
 series, and into the figures the report shows: time blocked in on-demand misses (the union of
 the waits, and their sum), requests by priority, bytes the workload read.
@@ -91,4 +92,5 @@ def summarise(document: Mapping[str, object], origin: float) -> DaemonRecord:
         "blocked_s": round(sum(end - start for start, end in spans), 4),
         "blocked_read_s": round(sum(end - start for start, end in blocked), 4),
         "blocked_spans": [[round(start, 4), round(end, 4)] for start, end in spans],
+        "cpu_s": None if document.get("cpu_s") is None else round(_number(document, "cpu_s"), 3),
     }

@@ -60,6 +60,7 @@ class DaemonRecord(TypedDict):
     blocked_s: float  # time at least one FUSE read waited for fetched data
     blocked_read_s: float  # the waits summed over reads (overlapping waits add up)
     blocked_spans: list[list[float]]  # [start, end] of the union of the waits
+    cpu_s: float | None  # the daemon's user + system CPU time (None: a nydusd that does not say)
 
 
 class RunRecord(TypedDict):
@@ -235,12 +236,13 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
                 if daemon is None
                 else "/".join(str(by_priority.get(p, 0)) for p in ("demand", "readahead", "prefetch")),
                 "-" if daemon is None else daemon["max_in_flight"],
+                "-" if daemon is None or daemon.get("cpu_s") is None else f"{daemon.get('cpu_s'):.2f}",
             ]
         )
     header = [
         "mode", "mounted / unpacked", "then first read", "then exit", "total",
         "blocked in misses s (summed over reads)", "FUSE read MiB", "daemon requests demand/readahead/prefetch",
-        "daemon max in flight",
+        "daemon max in flight", "daemon CPU s",
     ]  # fmt: skip
     return markdown_table(header, rows)
 

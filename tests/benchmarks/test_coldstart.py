@@ -168,7 +168,7 @@ def test_timeline_summary_in_seconds_from_the_start_with_the_union_of_waits(tmp_
     origin = 1_000.0
     document = {
         "clock": "unix", "started_at": 1_000.2, "mounted_at": 1_000.5, "first_read_at": 1_000.6,
-        "fuse_reads": 40, "fuse_read_bytes": 5 << 20, "max_in_flight": 3,
+        "fuse_reads": 40, "fuse_read_bytes": 5 << 20, "max_in_flight": 3, "cpu_s": 1.25,
         "requests": [
             {"start": 1_000.6, "end": 1_000.7, "bytes": 1 << 20, "priority": "demand", "ok": True},
             {"start": 1_000.6, "end": 1_000.8, "bytes": 2 << 20, "priority": "readahead", "ok": True},
@@ -184,7 +184,7 @@ def test_timeline_summary_in_seconds_from_the_start_with_the_union_of_waits(tmp_
     assert (summary["fuse_reads"], summary["fuse_read_bytes"], summary["max_in_flight"]) == (40, 5 << 20, 3)
     assert summary["requests_by_priority"] == {"demand": 2, "readahead": 1, "prefetch": 0}
     assert summary["bytes_by_priority"] == {"demand": 1 << 20, "readahead": 2 << 20, "prefetch": 0}
-    assert (summary["requests"], summary["failed_requests"]) == (3, 1)
+    assert (summary["requests"], summary["failed_requests"], summary["cpu_s"]) == (3, 1, 1.25)
     assert summary["blocked_spans"] == [[0.6, 0.75], [1.0, 1.5]]
     assert summary["blocked_s"] == pytest.approx(0.65)
     assert summary["blocked_read_s"] == pytest.approx(0.7)
@@ -212,7 +212,7 @@ def _run(seconds: float, fetched: int, *, requests: int = 10, in_flight: int = 2
             "started_s": 0.1, "mounted_s": 0.3, "first_read_s": 0.4, "fuse_reads": 100, "fuse_read_bytes": 7 << 20,
             "requests": requests, "failed_requests": 0, "requests_by_priority": {"demand": 6, "readahead": 4, "prefetch": 0},
             "bytes_by_priority": {"demand": 1, "readahead": 1, "prefetch": 0}, "max_in_flight": in_flight,
-            "blocked_s": 0.25, "blocked_read_s": 0.5, "blocked_spans": [[0.4, 0.5], [0.6, 0.75]],
+            "blocked_s": 0.25, "blocked_read_s": 0.5, "blocked_spans": [[0.4, 0.5], [0.6, 0.75]], "cpu_s": 1.5,
         }  # fmt: skip
         events = {"daemon process": 0.1, "mounted": 0.3, "first read": 0.4, "exit": seconds}
     return {
@@ -262,8 +262,8 @@ def test_report_table_gives_ratios_to_oci_local_disk_and_the_trace_mode(tmp_path
     assert "| lazy, cold + trace prefetch | 1.60 | 5.00x | 1.60x | 4.0 | 1.00x | 6 | 3 |" in table
     assert "| lazy, warm cache | not available: no warm cache today |" in table
     # phases of the median run: mounted, then first read, then exit, total, blocked, FUSE MiB, requests
-    assert "| lazy, cold | 0.30 | 0.10 | 1.60 | 2.00 | 0.25 (0.5) | 7.0 | 6/4/0 | 5 |" in table
-    assert "| OCI pull + unpack | 7.20 | - | 0.80 | 8.00 | - | - | - | - |" in table
+    assert "| lazy, cold | 0.30 | 0.10 | 1.60 | 2.00 | 0.25 (0.5) | 7.0 | 6/4/0 | 5 | 1.50 |" in table
+    assert "| OCI pull + unpack | 7.20 | - | 0.80 | 8.00 | - | - | - | - | - |" in table
     assert "| img | d | `/bin/sh -c true` | 2 | 10 | 100.0 | 40.0 | 42.0 | 2 | 1.5 | 12 | 7.0 |" in table
 
 
