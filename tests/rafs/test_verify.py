@@ -176,7 +176,7 @@ def test_a_damaged_file_fails_where_it_is_used_and_names_the_bootstrap() -> None
     reference = Bootstrap(bytes(data), verify=False)
     passwd = reference.resolve("/etc/passwd")
     assert passwd is not None
-    struct.pack_into("<q", data, _inode_offset(reference, passwd) + 32, 0)  # mtime seconds
+    struct.pack_into("<q", data, _inode_offset(reference, passwd) + 32, 12345)  # mtime seconds
     bootstrap = Bootstrap(bytes(data), name="images/app.boot")
     with pytest.raises(CorruptBootstrap, match=r"images/app\.boot: inode \d+: digest mismatch"):
         bootstrap.inode(passwd)
