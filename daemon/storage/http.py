@@ -195,7 +195,9 @@ class HttpTransport:
         """
         declared = _content_length(response)
         if declared is not None and declared > max_bytes and not stop_at_max:
-            raise BodyTooLarge(f"answer of {declared} bytes, more than the {max_bytes} accepted", url=response.url)
+            raise BodyTooLarge(
+                f"answer of {declared} bytes, more than the {max_bytes} bytes accepted", url=response.url
+            )
         expected = declared if declared is not None and declared <= max_bytes else max_bytes
         rate = self.options.min_rate_bytes_per_s
         allowed_s = self.options.timeout_s + (expected / rate if rate > 0 else math.inf)

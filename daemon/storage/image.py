@@ -163,7 +163,11 @@ def fetch_bootstrap(client: RegistryClient, ref: ImageReference, work_dir: str) 
     if size < 0:
         os.makedirs(directory, exist_ok=True)
         client.download_blob(ref, boot_digest, layer_path, max_bytes=limit + LAYER_OVERHEAD_BYTES)
-        size = _extract(ref, layer_path, path, boot_digest, limit)
+        try:
+            size = _extract(ref, layer_path, path, boot_digest, limit)
+        except ImageError:
+            os.unlink(layer_path)  # a layer we cannot use is not kept
+            raise
         log.info("bootstrap of %s (%s, %d bytes) saved in %s", ref, boot_digest, size, directory)
     blob_ids = [f"sha256:{blob.blob_id}" for blob in open_bootstrap(path).blobs]
     missing = set(blob_ids) - set(blob_digests)
