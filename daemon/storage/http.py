@@ -168,7 +168,8 @@ class HttpTransport:
                 TruncatedBody,
             ) as error:
                 problem = _describe(error)
-            except requests.RequestException as error:  # redirect loops, invalid URLs, bad headers
+            except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
+                # redirect loops, redirects to invalid URLs (`urlparse` raises ValueError), bad headers
                 raise RequestFailed(f"{method} failed: {_describe(error)}", url=url) from None
             finally:
                 if data is not None and not isinstance(data, bytes):
@@ -278,6 +279,8 @@ def _describe(error: Exception) -> str:
         error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema
     ):
         return "invalid URL (a redirect to somewhere unusable?)"
+    if isinstance(error, ValueError):
+        return f"invalid URL or answer ({error})"
     text = (
         str(error.__context__ or error) if isinstance(error, requests.exceptions.ChunkedEncodingError) else str(error)
     )
