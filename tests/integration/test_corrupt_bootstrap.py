@@ -310,3 +310,51 @@ def test_random_damage_is_served_right_or_refused_many_seeds(
     original: Original, workspace: Workspace, damage: tuple[str, float, int, int]
 ) -> None:
     check_damage(original, workspace, damage)
+
+
+def test_a_relocated_chunk_record_is_not_served_another_chunks_cached_bytes(tmp_path: Path) -> None:
+    """A verified file whose chunk record was pointed at another file's (cached) chunk.
+
+    Where a chunk is stored is outside the Merkle tree; what keeps this right is that a cache hit
+    must match the reader's (verified) chunk digest, not only the place in the blob."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(3000))
+    (source / "b").write_bytes(os.urandom(3000))
+    image = build_image(str(source), str(tmp_path / "image"), chunk_size=0x10000)
+    work = Workspace(str(tmp_path / "work"), image.blob_dir)
+    os.makedirs(work.directory)
+    config = write_config(os.path.join(work.directory, "nydusd.json"), image.blob_dir, str(tmp_path / "cache"))
+    data = bytearray(Path(image.bootstrap).read_bytes())
+    view = Bootstrap(bytes(data), verify=False)
+    a, b = view.resolve("/a"), view.resolve("/b")
+    assert a is not None and b is not None
+    table = view.superblock.chunk_table_offset
+    a_record = table + view.record(a).data_start * layout.CHUNK.size
+    b_record = table + view.record(b).data_start * layout.CHUNK.size
+    data[a_record : a_record + 20] = data[b_record : b_record + 20]  # blob, flags, stored offset and size
+    bootstrap = work.bootstrap(bytes(data))
+    mountpoint = os.path.join(work.directory, "mnt")
+    os.makedirs(mountpoint)
+    for path in ("b", "a"):  # b's chunk is cached first, then a's record names its place
+        log = os.path.join(work.directory, f"{path}.log")
+        with open(log, "wb") as output:
+            process = subprocess.Popen(
+                [_nydusd(), "--bootstrap", bootstrap, "--config", config, "--mountpoint", mountpoint],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + MOUNT_TIMEOUT_S
+            while not is_mounted(mountpoint):
+                assert process.poll() is None and time.monotonic() < deadline, Path(log).read_text()
+                time.sleep(0.02)
+            try:
+                served = Path(mountpoint, path).read_bytes()
+            except OSError:
+                served = None
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+            force_unmount(mountpoint)
+        assert served is None or served == (source / path).read_bytes(), f"{path} served other bytes"
