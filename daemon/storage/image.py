@@ -98,10 +98,13 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
     """Check the kept layer against `digest` while streaming its bootstrap to `boot_path`; its size.
 
     In one pass: the layer's bytes are hashed as gzip reads them (and to the end of the file),
-    `image/image.boot` is copied to a temporary file, and only when the digest and the tar hold
-    is it renamed over `boot_path`. Anything else raises `ImageError` and leaves no file."""
+    `image/image.boot` is compared with the kept `boot_path` (or copied to a temporary file where
+    it differs), and only when the digest and the tar hold is the copy renamed over `boot_path`.
+    Anything else raises `ImageError` and leaves no new file; `boot_path` is only ever used after
+    this returned."""
     temporary = f"{boot_path}.tmp-{os.getpid()}"
     size = -1
+    rewrite = True
     try:
         with open(layer_path, "rb") as raw:
             hashing = _Hashing(raw)
@@ -117,11 +120,7 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
                         )
                     source = tar.extractfile(member)
                     assert source is not None
-                    with open(temporary, "wb") as output:
-                        while piece := source.read(PIECE_BYTES):
-                            output.write(piece)
-                        output.flush()
-                        os.fsync(output.fileno())
+                    rewrite = _copy_unless_same(source, boot_path, temporary)
                     size = member.size
             while hashing.read(PIECE_BYTES):
                 pass  # the digest covers bytes after the gzip stream too
@@ -130,13 +129,50 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
             raise ImageError(f"{ref}: bootstrap layer {layer_path} has digest {found}, the manifest says {digest}")
         if size < 0:
             raise ImageError(f"{ref}: bootstrap layer holds no {oci.BOOTSTRAP_PATH_IN_LAYER}")
-        os.replace(temporary, boot_path)
+        if rewrite:
+            os.replace(temporary, boot_path)
         return size
     except (OSError, EOFError, zlib.error, tarfile.TarError) as error:
         raise ImageError(f"{ref}: bootstrap layer is not a readable tar.gz: {error}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _copy_unless_same(source: IO[bytes], boot_path: str, temporary: str) -> bool:
+    """Compare `source` with the kept `boot_path`; where they differ, write all of `source` to
+    `temporary` (fsynced) and return True. A warm start thus reads the kept copy, not writes it."""
+    kept = open(boot_path, "rb") if os.path.exists(boot_path) else None  # noqa: SIM115 - closed below
+    output: IO[bytes] | None = None
+    agreed = 0  # bytes of `source` equal to the kept copy so far
+    try:
+        while piece := source.read(PIECE_BYTES):
+            if output is None and kept is not None and kept.read(len(piece)) == piece:
+                agreed += len(piece)
+                continue
+            if output is None:
+                output = open(temporary, "wb")  # noqa: SIM115 - closed below
+                if kept is not None:
+                    kept.seek(0)
+                    while agreed:
+                        agreed -= output.write(kept.read(min(PIECE_BYTES, agreed)))
+            output.write(piece)
+        if output is None and kept is not None and not kept.read(1):
+            return False  # the kept copy is exactly the layer's bootstrap
+        if output is None:  # the kept copy is longer (or missing): write what was compared
+            output = open(temporary, "wb")  # noqa: SIM115 - closed below
+            if kept is not None:
+                kept.seek(0)
+                while agreed:
+                    agreed -= output.write(kept.read(min(PIECE_BYTES, agreed)))
+        output.flush()
+        os.fsync(output.fileno())
+        return True
+    finally:
+        if kept is not None:
+            kept.close()
+        if output is not None:
+            output.close()
 
 
 def fetch_bootstrap(client: RegistryClient, ref: ImageReference, work_dir: str) -> str:
