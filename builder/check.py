@@ -385,6 +385,19 @@ def statistics(bootstrap: Bootstrap, bootstrap_size: int) -> dict[str, object]:
     }
 
 
+def verify_all(bootstrap: Bootstrap) -> None:
+    """The whole Merkle tree and layout (`recompute_digests`, `verify_structure`), before `unpack`
+    writes anything: a corrupt bootstrap is refused, naming its file, not half written."""
+    try:
+        recompute_digests(bootstrap)
+        verify_structure(bootstrap)
+    except CorruptBootstrap as error:
+        message = str(error)
+        raise CorruptBootstrap(
+            message if message.startswith(bootstrap.name) else f"{bootstrap.name}: {message}"
+        ) from None
+
+
 def _output_parent(output: str) -> str:
     """The existing directory that will hold `output`; `NydusError` if there is none."""
     parent = os.path.dirname(os.path.abspath(output))
@@ -401,6 +414,7 @@ def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> Non
     a failure (a missing or corrupt blob) leaves nothing behind and never touches other files.
     """
     parent = _output_parent(output)
+    verify_all(bootstrap)
     final_path = os.path.abspath(output)
     if os.path.lexists(final_path):
         if not os.path.isdir(final_path) or os.path.islink(final_path):
@@ -464,6 +478,7 @@ def _apply_metadata(bootstrap: Bootstrap, ino: int, full: bytes) -> None:
 def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
     """Write the tree as a PAX tar (xattrs, nanosecond mtimes, hard links kept)."""
     directory = _output_parent(output)
+    verify_all(bootstrap)
     files = BlobFiles(bootstrap, blob_dir)
     descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".unpack-", suffix=".tmp")
     first_path: dict[int, str] = {}

@@ -131,7 +131,9 @@ def run(arguments: argparse.Namespace) -> int:
         _write_json(arguments.output_json, result.to_json())
         print(f"bootstrap {result.bootstrap}: merged {result.layers} layers, root {result.root_digest[:16]}")
         return 0
-    bootstrap = open_bootstrap(arguments.bootstrap)
+    # `check` recomputes the whole tree itself and names the path that fails; the other commands
+    # verify each record before using it, and `unpack` all of them before writing anything.
+    bootstrap = open_bootstrap(arguments.bootstrap, verify=arguments.command != "check")
     if arguments.command == "check":
         report = checks.check(bootstrap, arguments.blob_dir)
         if arguments.json:

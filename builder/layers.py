@@ -68,6 +68,73 @@ class LayerEntry:
         return _TYPE_BITS.get(self.kind, 0) | (self.permissions & 0o7777)
 
 
+# What a Linux filesystem (and the format) can hold; `check_entry` refuses anything beyond.
+MAX_NAME_BYTES = 255  # NAME_MAX: one path component
+MAX_PATH_BYTES = 4095  # PATH_MAX (4096) counts the terminating NUL
+MAX_ID = 2**32 - 2  # uid/gid are u32; 2**32 - 1 is (uid_t)-1, "no change" to chown, which no file can have
+MAX_FILE_SIZE = 2**64 - 1  # the inode's u64 size
+MIN_MTIME_NS = -(2**63) * 1_000_000_000  # the inode's i64 seconds ...
+MAX_MTIME_NS = (2**63 - 1) * 1_000_000_000 + 999_999_999  # ... and u32 nanoseconds below 1e9
+MAX_DEVICE_MAJOR = (1 << 12) - 1  # the kernel keeps device numbers as 12-bit major, 20-bit minor
+MAX_DEVICE_MINOR = (1 << 20) - 1
+XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
+MAX_XATTR_NAME_BYTES = 255  # XATTR_NAME_MAX
+MAX_XATTR_VALUE_BYTES = 1 << 16  # XATTR_SIZE_MAX
+MAX_XATTR_LIST_BYTES = 1 << 16  # XATTR_LIST_MAX: every name with its NUL, as listxattr returns them
+
+
+def check_entry(entry: LayerEntry, layer: str, name: str) -> None:
+    """Refuse (`BuildError` naming layer and entry) any value the format or Linux cannot hold.
+
+    A value out of range would otherwise surface as a traceback deep in the writer, or be
+    written into a bootstrap that `unpack` and the kernel then fail on with less useful errors."""
+
+    def refuse(why: str) -> None:
+        raise BuildError(why, layer=layer, entry=name)
+
+    if b"\x00" in entry.path:
+        refuse("the path contains a NUL byte")
+    if len(entry.path) > MAX_PATH_BYTES:
+        refuse(f"the path is {len(entry.path)} bytes long, more than {MAX_PATH_BYTES}")
+    longest = max((len(part) for part in entry.path.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        refuse(f"a path component is {longest} bytes long, more than {MAX_NAME_BYTES}")
+    for what, number in (("uid", entry.uid), ("gid", entry.gid)):
+        if not 0 <= number <= MAX_ID:
+            refuse(f"{what} {number} is outside 0..{MAX_ID}")
+    if not 0 <= entry.size <= MAX_FILE_SIZE:
+        refuse(f"size {entry.size} is outside 0..{MAX_FILE_SIZE}")
+    if not MIN_MTIME_NS <= entry.mtime_ns <= MAX_MTIME_NS:
+        refuse(f"mtime {entry.mtime_ns // 1_000_000_000} s is outside the signed 64-bit range of seconds")
+    if entry.kind in (SYMLINK, HARDLINK):
+        if b"\x00" in entry.link_target:
+            refuse("the link target contains a NUL byte")
+        if len(entry.link_target) > MAX_PATH_BYTES:
+            refuse(f"the link target is {len(entry.link_target)} bytes long, more than {MAX_PATH_BYTES}")
+    if entry.kind in (CHAR, BLOCK):
+        check_device(os.major(entry.rdev), os.minor(entry.rdev), layer, name)
+    list_bytes = 0
+    for key, value in entry.xattrs.items():
+        shown = key.decode("utf-8", "backslashreplace")
+        if not key.startswith(XATTR_NAMESPACES) or key in XATTR_NAMESPACES or b"\x00" in key:
+            refuse(f"xattr {shown!r} is not a name in the security., system., trusted. or user. namespace")
+        if len(key) > MAX_XATTR_NAME_BYTES:
+            refuse(f"xattr name {shown[:40]!r}... is {len(key)} bytes long, more than {MAX_XATTR_NAME_BYTES}")
+        if len(value) > MAX_XATTR_VALUE_BYTES:
+            refuse(f"xattr {shown!r} holds {len(value)} bytes, more than {MAX_XATTR_VALUE_BYTES}")
+        list_bytes += len(key) + 1
+    if list_bytes > MAX_XATTR_LIST_BYTES:
+        refuse(f"the xattr names take {list_bytes} bytes, more than {MAX_XATTR_LIST_BYTES}")
+
+
+def check_device(major: int, minor: int, layer: str, name: str) -> None:
+    """Device numbers the kernel can keep (checked before `os.makedev`, which overflows otherwise)."""
+    if not (0 <= major <= MAX_DEVICE_MAJOR and 0 <= minor <= MAX_DEVICE_MINOR):
+        raise BuildError(
+            f"device {major}:{minor} is outside 0..{MAX_DEVICE_MAJOR}:0..{MAX_DEVICE_MINOR}", layer=layer, entry=name
+        )
+
+
 def normalize_path(raw: bytes, layer: str, what: str = "path") -> bytes:
     """`raw` as a clean relative path; `BuildError` if absolute or if it has a `..` component."""
     if raw.startswith(b"/"):
@@ -230,13 +297,19 @@ class _Prefixed:
 
 
 def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """The entry's mtime in nanoseconds (PAX's exact decimal if present); `ValueError` saying why not."""
     exact = member.pax_headers.get("mtime")
-    if exact is not None:
-        try:
-            return int(Decimal(exact) * 1_000_000_000)
-        except InvalidOperation:
-            raise BuildError(f"invalid pax mtime {exact!r}", entry=member.name) from None
-    return int(member.mtime) * 1_000_000_000
+    if exact is None:
+        return int(member.mtime) * 1_000_000_000
+    try:
+        value = Decimal(exact)
+    except InvalidOperation:
+        raise ValueError(f"invalid pax mtime {exact!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"pax mtime {exact!r} is not a finite number")
+    if not -(2**63) <= value < 2**63:  # 1e30: refused before it is multiplied out
+        raise ValueError(f"pax mtime {exact!r} is outside the signed 64-bit range of seconds")
+    return int(value * 1_000_000_000)
 
 
 def _entry_from_member(member: tarfile.TarInfo, layer: str) -> LayerEntry:
@@ -248,8 +321,8 @@ def _entry_from_member(member: tarfile.TarInfo, layer: str) -> LayerEntry:
     }
     try:
         mtime_ns = _mtime_ns(member)
-    except BuildError as error:
-        raise BuildError(str(error), layer=layer) from None
+    except ValueError as error:
+        raise BuildError(str(error), layer=layer, entry=member.name) from None
     entry = LayerEntry(
         path=path,
         kind=FILE,
@@ -275,6 +348,7 @@ def _entry_from_member(member: tarfile.TarInfo, layer: str) -> LayerEntry:
         )
     elif member.ischr() or member.isblk():
         entry.kind = CHAR if member.ischr() else BLOCK
+        check_device(member.devmajor, member.devminor, layer, member.name)
         entry.rdev = os.makedev(member.devmajor, member.devminor)
     elif member.isfifo():
         entry.kind = FIFO
@@ -282,12 +356,19 @@ def _entry_from_member(member: tarfile.TarInfo, layer: str) -> LayerEntry:
         raise BuildError(f"unsupported tar entry type {member.type!r}", layer=layer, entry=member.name)
     if not path and entry.kind != DIRECTORY:
         raise BuildError("the root must be a directory", layer=layer, entry=member.name)
+    check_entry(entry, layer, member.name)
     return entry
 
 
 def iter_directory(root: str, layer: str | None = None) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
-    """Entries of a directory tree, sorted by name; hard links found by (device, inode)."""
+    """Entries of a directory tree, sorted by name; hard links found by (device, inode); each checked."""
     name = layer or root
+    for entry, data in _iter_directory(root, name):
+        check_entry(entry, name, _show(entry.path))
+        yield entry, data
+
+
+def _iter_directory(root: str, name: str) -> Iterator[tuple[LayerEntry, IO[bytes] | None]]:
     seen_inodes: dict[tuple[int, int], bytes] = {}
     stack: list[bytes] = [b""]
     root_bytes = os.fsencode(root)

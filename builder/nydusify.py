@@ -306,7 +306,7 @@ def pull_converted(client: RegistryClient, target: ImageReference, work_dir: str
         if layer_annotations.get(oci.ANNOTATION_NYDUS_BLOB) != "true":
             raise ConvertError(f"{target}: layer {layer['digest']} lacks {oci.ANNOTATION_NYDUS_BLOB}")
 
-    archive = client.read_blob(target, str(boot_layer["digest"]))
+    archive = client.read_blob(target, str(boot_layer["digest"]), max_bytes=client.options.bootstrap_size_limit)
     uncompressed = gzip.decompress(archive)
     with tarfile.open(fileobj=io.BytesIO(uncompressed)) as tar:
         try:

@@ -1,9 +1,13 @@
 """Random-access reader over bootstrap bytes (usually an mmap made by the caller).
 
-Opening checks the superblock and that every table lies inside the buffer; it parses nothing
-else, so it costs the same for ten files or ten million. Every later access checks the offsets
-and lengths it follows before trusting them, and raises `CorruptBootstrap` instead of reading
-garbage.
+Opening checks the superblock and that every table lies inside the buffer, and (unless told
+not to) the root against the superblock's root digest; it parses nothing else, so it costs the
+same for ten files or ten million. Every later access checks the offsets and lengths it follows
+before trusting them, and raises `CorruptBootstrap` instead of reading garbage. With `verify`
+(the default) every inode record is also checked against the Merkle tree before `inode()`
+returns it, on first use (`rafs.verify`): every lookup, listing, symlink, xattr and chunk span
+goes through `inode()`, so nothing unverified reaches a caller. `record()` is the unverified
+decode, for `check` (which verifies everything itself) and the verifier.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import native
 from rafs import layout
 from rafs.errors import CorruptBootstrap, UnknownFeature, UnsupportedVersion
 from rafs.records import BlobRecord, ChunkRecord, ChunkSlice, DirEntry, Inode
+from rafs.verify import TreeVerifier
 
 # What a bootstrap can be read from: bytes in memory, or (usually) a read-only mmap of the file.
 BootstrapBuffer = bytes | memoryview | mmap.mmap
@@ -84,21 +89,35 @@ def parse_superblock(buffer: BootstrapBuffer) -> Superblock:
 
 
 class Bootstrap:
-    """Lookups over one bootstrap. Holds no per-file state; safe to share between threads."""
+    """Lookups over one bootstrap; safe to share between threads.
 
-    def __init__(self, buffer: BootstrapBuffer) -> None:
+    Per-file state is only the verifier's two bits per inode (bounded by the inode count).
+    `name` (usually the file's path) is what verification errors name.
+    """
+
+    def __init__(self, buffer: BootstrapBuffer, *, verify: bool = True, name: str = "bootstrap") -> None:
         self.buffer = buffer
+        self.name = name
         self.superblock = parse_superblock(buffer)
         sb = self.superblock
         self.chunk_size = sb.chunk_size
         self.digester = sb.digester
         self.inode_count = sb.inode_count
         self.blobs = [self._blob(index) for index in range(sb.blob_count)]
+        self.verifier = TreeVerifier(self) if verify else None
 
     # -- records -------------------------------------------------------------------------------
 
     def inode(self, ino: int) -> Inode:
-        """The inode record `ino` (1-based); `CorruptBootstrap` if it points outside its tables."""
+        """The inode record `ino` (1-based), verified against the Merkle tree unless opened without
+        `verify`; `CorruptBootstrap` if it points outside its tables or does not match."""
+        record = self.record(ino)
+        if self.verifier is not None:
+            self.verifier.check(record)
+        return record
+
+    def record(self, ino: int) -> Inode:
+        """The inode record `ino` as stored, bounds-checked but not verified against the tree."""
         sb = self.superblock
         if not 1 <= ino <= sb.inode_count:
             raise CorruptBootstrap(f"inode {ino} out of range 1..{sb.inode_count}")
@@ -142,7 +161,8 @@ class Bootstrap:
             raise CorruptBootstrap(f"inode {ino}: xattrs outside the heap")
         return inode
 
-    def _heap(self, offset: int, size: int) -> bytes:
+    def heap(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of the heap; `CorruptBootstrap` past its end."""
         sb = self.superblock
         if offset + size > sb.heap_size:
             raise CorruptBootstrap(f"heap range [{offset}, +{size}) beyond the heap")
@@ -154,7 +174,7 @@ class Bootstrap:
         name_offset, name_len, _, ino = layout.DIRENT.unpack_from(
             self.buffer, sb.dirent_table_offset + index * layout.DIRENT.size
         )
-        name = self._heap(name_offset, name_len)
+        name = self.heap(name_offset, name_len)
         if not name or b"/" in name or b"\x00" in name or name in (b".", b".."):
             raise CorruptBootstrap(f"directory entry {index}: invalid name {name!r}")
         if not 1 <= ino <= sb.inode_count:
@@ -254,14 +274,14 @@ class Bootstrap:
         inode = self.inode(ino)
         if not inode.is_symlink:
             raise CorruptBootstrap(f"inode {ino} is not a symlink")
-        return self._heap(inode.data_start, inode.data_count)
+        return self.heap(inode.data_start, inode.data_count)
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         """All xattrs of `ino`, decoded and bounds-checked."""
         inode = self.inode(ino)
         if not inode.xattr_size:
             return {}
-        raw = self._heap(inode.xattr_offset, inode.xattr_size)
+        raw = self.heap(inode.xattr_offset, inode.xattr_size)
         try:
             (count,) = layout.XATTR_COUNT.unpack_from(raw, 0)
             position = layout.XATTR_COUNT.size

@@ -13,15 +13,15 @@ from rafs.bootstrap import Bootstrap
 from rafs.errors import CorruptBootstrap
 
 
-def open_bootstrap(path: str | os.PathLike[str]) -> Bootstrap:
-    """Map `path` and return a validated `Bootstrap` over it."""
+def open_bootstrap(path: str | os.PathLike[str], *, verify: bool = True) -> Bootstrap:
+    """Map `path` and return a validated `Bootstrap` over it (see `Bootstrap` for `verify`)."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size == 0:
             raise CorruptBootstrap(f"{os.fspath(path)}: empty file")
         mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return Bootstrap(mapping)
+        return Bootstrap(mapping, verify=verify, name=os.fspath(path))
     except CorruptBootstrap as error:
         mapping.close()
         raise CorruptBootstrap(f"{os.fspath(path)}: {error}") from None

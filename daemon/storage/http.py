@@ -1,18 +1,27 @@
 """HTTP plumbing shared by the `http` and `registry` backends, and the `http` backend itself.
 
 `HttpTransport` owns one pooled `requests.Session`, the timeouts and the one retry policy:
-connection errors, truncated bodies, 429 and 5xx are retried with exponential backoff; any other
-status goes back to the caller at once, because a 4xx will not change by asking again (and
-retrying a refused login only locks accounts). `HttpBackend` serves blobs from a plain URL
-prefix (`{url}/{blob_id}`) with `Range` requests: it knows bytes, never files.
+connection errors, truncated or too slow bodies, 429 and 5xx are retried with exponential
+backoff; any other status goes back to the caller at once, because a 4xx will not change by
+asking again (and retrying a refused login only locks accounts). `HttpBackend` serves blobs from
+a plain URL prefix (`{url}/{blob_id}`) with `Range` requests: it knows bytes, never files.
+
+Nothing a server sends is trusted to be small or quick. Every body is read through `read_body`:
+at most a stated number of bytes (a manifest 4 MiB, an error body 4 MiB, a range exactly its
+length), never decompressed (`Accept-Encoding: identity`), and within a deadline that grows with
+its length: `timeout` for the first byte and any pause, plus `length / min_transfer_rate`.
+Every `requests` and `urllib3` failure becomes a `BackendError` subclass carrying the URL, so the
+daemon answers EIO with one log line and never a traceback for what a remote party did.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -27,6 +36,11 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Body = bytes | Callable[[], IO[bytes]] | None
+MAX_SMALL_BODY_BYTES = 4 << 20  # manifests, indexes, tokens, error bodies (containerd caps manifests at 4 MiB)
+READ_PIECE_BYTES = 1 << 20
+# Bytes per second a transfer must keep up after its first byte: a 1 MiB chunk may take 16 s,
+# four hundred times what it takes on a 200 Mbit/s link; a trickle of one byte per second fails.
+DEFAULT_MIN_TRANSFER_RATE = 64 << 10
 
 
 class RemoteError(BackendError):
@@ -50,12 +64,25 @@ class TruncatedBody(Exception):
     """Raised by a success handler when a body is shorter than promised: the attempt is retried."""
 
 
+class TransferTooSlow(TruncatedBody):
+    """A body that did not arrive within its deadline: the attempt is abandoned and retried."""
+
+
+class BodyTooLarge(RemoteError):
+    """A server sent more than the request can need (a giant manifest, a range longer than asked)."""
+
+
+class RequestFailed(RemoteError):
+    """`requests` refused the exchange (redirect loop, invalid URL or header): not retried."""
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     """Timeouts and retries: nydusd's `timeout`, `connect_timeout`, `retry_limit`, `skip_verify`."""
 
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # the first byte of an answer, and any pause in a body
     connect_timeout_s: float = 5.0
+    min_rate_bytes_per_s: float = DEFAULT_MIN_TRANSFER_RATE  # after the first byte; 0: no floor
     retry_limit: int = 3
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
@@ -77,7 +104,8 @@ class HttpTransport:
         if self.options.skip_verify:
             log.warning("TLS certificates will not be verified (skip_verify)")
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above, not per request
-        self.session.headers.update({"User-Agent": "nydus-py", **self.options.headers})
+        # identity: a body is what was asked for, never something that decompresses into gigabytes
+        self.session.headers.update({"User-Agent": "nydus-py", "Accept-Encoding": "identity", **self.options.headers})
         self.session.trust_env = False  # a proxy from the environment must not redirect loopback traffic
         self._closed = threading.Event()
 
@@ -110,7 +138,7 @@ class HttpTransport:
                     url,
                     headers=dict(headers or {}),
                     data=data,
-                    stream=stream or on_success is not None,
+                    stream=True,
                     timeout=(self.options.connect_timeout_s, self.options.timeout_s),
                     allow_redirects=True,
                 )
@@ -124,6 +152,12 @@ class HttpTransport:
                         on_success(response)
                     finally:
                         response.close()
+                elif not stream and on_success is None and method != "HEAD":
+                    # what `stream=False` would do, but bounded: at most 4 MiB, within the deadline
+                    try:
+                        response._content = self.read_body(response, MAX_SMALL_BODY_BYTES)
+                    finally:
+                        response.close()
                 return response
             except requests.exceptions.SSLError as error:
                 raise TlsError(f"TLS handshake failed: {_tls_reason(error)}", url=url) from None
@@ -134,10 +168,61 @@ class HttpTransport:
                 TruncatedBody,
             ) as error:
                 problem = _describe(error)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
+                # redirect loops, redirects to invalid URLs (`urlparse` raises ValueError), bad headers
+                raise RequestFailed(f"{method} failed: {_describe(error)}", url=url) from None
             finally:
                 if data is not None and not isinstance(data, bytes):
                     data.close()
         raise RemoteUnavailable(f"{method} failed after {attempts} attempt(s): {problem}", url=url)
+
+    def read_body(self, response: requests.Response, max_bytes: int, *, stop_at_max: bool = False) -> bytes:
+        """The body of `response`, read as it arrives, within its deadline and size bound.
+
+        More than `max_bytes` is `BodyTooLarge` (not retried: a server sending a 400 MiB manifest
+        will send it again), or with `stop_at_max` just where reading stops (a whole blob sent for
+        a range). See `body_pieces` for the deadline.
+        """
+        return b"".join(self.body_pieces(response, max_bytes, stop_at_max=stop_at_max))
+
+    def body_pieces(self, response: requests.Response, max_bytes: int, *, stop_at_max: bool = False) -> Iterator[bytes]:
+        """The body in pieces as they arrive (for streaming to a file), bounded as `read_body`.
+
+        The deadline: `timeout` for any pause (the socket's own), and the whole body within
+        `timeout + max_bytes / min_transfer_rate`; missing it is `TransferTooSlow` (retried). A
+        connection failure mid-way, or fewer bytes than `Content-Length`, is `TruncatedBody`
+        (retried). urllib3's `read1` returns whatever has arrived, so a trickling server is
+        caught as soon as it falls behind, not after a full buffer.
+        """
+        declared = _content_length(response)
+        if declared is not None and declared > max_bytes and not stop_at_max:
+            raise BodyTooLarge(
+                f"answer of {declared} bytes, more than the {max_bytes} bytes accepted", url=response.url
+            )
+        expected = declared if declared is not None and declared <= max_bytes else max_bytes
+        rate = self.options.min_rate_bytes_per_s
+        allowed_s = self.options.timeout_s + (expected / rate if rate > 0 else math.inf)
+        started = time.monotonic()
+        received = 0
+        while received < max_bytes or not stop_at_max:
+            wanted = min(READ_PIECE_BYTES, max_bytes - received) if stop_at_max else READ_PIECE_BYTES
+            try:
+                piece = response.raw.read1(wanted)
+            except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as error:
+                raise TruncatedBody(f"after {received} bytes: {_describe(error)}") from None
+            if not piece:
+                break
+            received += len(piece)
+            if received > max_bytes:
+                raise BodyTooLarge(f"answer longer than the {max_bytes} bytes accepted", url=response.url)
+            elapsed_s = time.monotonic() - started
+            if elapsed_s > allowed_s:
+                raise TransferTooSlow(
+                    f"{received} bytes in {elapsed_s:.1f} s, {allowed_s:.1f} s allowed for {max_bytes}"
+                )
+            yield piece
+        if declared is not None and received < declared and (not stop_at_max or received < max_bytes):
+            raise TruncatedBody(f"got {received} of {declared} bytes")
 
     def backoff(self, attempt: int, problem: str, retry_after_s: float = 0.0) -> None:
         """Wait before attempt number `attempt` (1-based), longer each time, as `Retry-After` asks."""
@@ -172,12 +257,30 @@ def _tls_reason(error: Exception) -> str:
     return type(error).__name__
 
 
+def _content_length(response: requests.Response) -> int | None:
+    """The declared body length, or None if absent or not a number (then only reading tells)."""
+    try:
+        return int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+
+
 def _describe(error: Exception) -> str:
     """One short line for a requests exception (whose text nests urllib3's repr several deep)."""
-    if isinstance(error, requests.Timeout):
+    if isinstance(error, requests.Timeout | urllib3.exceptions.TimeoutError):
         return "timed out"
+    if isinstance(error, TransferTooSlow):
+        return f"too slow: {error}"
     if isinstance(error, TruncatedBody):
         return f"truncated body: {error}"
+    if isinstance(error, requests.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(
+        error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema
+    ):
+        return "invalid URL (a redirect to somewhere unusable?)"
+    if isinstance(error, ValueError):
+        return f"invalid URL or answer ({error})"
     text = (
         str(error.__context__ or error) if isinstance(error, requests.exceptions.ChunkedEncodingError) else str(error)
     )
@@ -208,23 +311,21 @@ def range_header(offset: int, length: int) -> dict[str, str]:
     return {"Range": f"bytes={offset}-{offset + length - 1}"}
 
 
-def slice_range(response: requests.Response, offset: int, length: int) -> bytes:
+def slice_range(transport: HttpTransport, response: requests.Response, offset: int, length: int) -> bytes:
     """Bytes `offset..offset+length` from a 206 (already cut) or a 200 (the whole blob).
 
     Shorter than `length` only when the blob itself ends sooner; a body cut short in transit
-    raises `TruncatedBody` so the transport fetches it again.
+    raises `TruncatedBody` so the transport fetches it again. Never reads more than the range
+    needs: a 206 longer than asked is `BodyTooLarge`; of a 200, reading stops at the range's end.
     """
-    data = response.content
-    declared = response.headers.get("Content-Length")
-    if declared is not None and len(data) < int(declared):
-        raise TruncatedBody(f"got {len(data)} of {declared} bytes")
     if response.status_code != 206:
-        return data[offset : offset + length]
+        return transport.read_body(response, offset + length, stop_at_max=True)[offset:]
+    data = transport.read_body(response, length)
     end = _range_end(response)
     blob_ends_here = end is not None and end[0] + 1 == end[1] and len(data) == end[0] + 1 - offset
     if len(data) < length and not blob_ends_here:
         raise TruncatedBody(f"got {len(data)} of {length} bytes")
-    return data[:length]
+    return data
 
 
 class HttpBackend:
@@ -254,7 +355,7 @@ class HttpBackend:
         result: list[bytes] = []
 
         def take(response: requests.Response) -> None:
-            result.append(slice_range(response, offset, length))
+            result.append(slice_range(self.transport, response, offset, length))
 
         response = self.transport.request("GET", url, headers=range_header(offset, length), on_success=take)
         if result:
@@ -266,8 +367,9 @@ class HttpBackend:
     def blob_size(self, blob_id: str) -> int:
         url = self._blob_url(blob_id)
         response = self.transport.request("HEAD", url)
-        if response.status_code == 200 and "Content-Length" in response.headers:
-            return int(response.headers["Content-Length"])
+        size = _content_length(response)
+        if response.status_code == 200 and size is not None:
+            return size
         raise _status_error(response, blob_id)
 
     def close(self) -> None:
@@ -283,7 +385,7 @@ def _status_error(response: requests.Response, blob_id: str) -> BackendError:
     return RemoteError(f"HTTP {status} {response.reason}", url=response.url, status=status, blob_id=blob_id)
 
 
-_OPTION_KEYS = ("timeout", "connect_timeout", "retry_limit", "skip_verify", "headers")
+_OPTION_KEYS = ("timeout", "connect_timeout", "min_transfer_rate", "retry_limit", "skip_verify", "headers")
 
 
 def http_options_from_config(config: Mapping[str, object], where: str, allowed: tuple[str, ...]) -> HttpOptions:
@@ -308,6 +410,7 @@ def http_options_from_config(config: Mapping[str, object], where: str, allowed: 
     return HttpOptions(
         timeout_s=number("timeout", defaults.timeout_s),
         connect_timeout_s=number("connect_timeout", defaults.connect_timeout_s),
+        min_rate_bytes_per_s=number("min_transfer_rate", defaults.min_rate_bytes_per_s),
         retry_limit=int(number("retry_limit", defaults.retry_limit)),
         skip_verify=skip_verify,
         headers=headers,

@@ -33,6 +33,7 @@ import requests
 
 from daemon.storage import backend
 from daemon.storage.http import (
+    MAX_SMALL_BODY_BYTES,
     Body,
     HttpOptions,
     HttpTransport,
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 MANIFEST_ACCEPT = ", ".join((*oci.MANIFEST_TYPES, *oci.INDEX_TYPES))
 DOCKER_HUB_HOST = "registry-1.docker.io"
 TOKEN_MARGIN_S = 10.0
+MAX_MANIFEST_BYTES = 4 << 20  # manifests and indexes, as containerd caps them
+MAX_SMALL_BLOB_BYTES = 16 << 20  # image configs read into memory
+UNBOUNDED_BYTES = 1 << 62
+# Above the largest bootstrap the project builds (1,000,000 files: about 200 MiB).
+DEFAULT_BOOTSTRAP_SIZE_LIMIT = 512 << 20
 DEFAULT_TOKEN_LIFETIME_S = 60.0
 
 
@@ -108,6 +114,7 @@ class RegistryOptions:
     mirrors: tuple[Mirror, ...] = ()
     platforms: tuple[Platform, ...] = ()  # empty: the host's, then linux/amd64
     upload_chunk_size: int = 0  # 0: monolithic uploads; else PATCH chunks of this size
+    bootstrap_size_limit: int = DEFAULT_BOOTSTRAP_SIZE_LIMIT  # `nydusd --image`: the largest bootstrap accepted
 
 
 @dataclass(frozen=True)
@@ -223,13 +230,19 @@ def _with_query(url: str, **params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def _registry_message(response: requests.Response) -> str:
-    """`CODE: message` from the distribution error body, or the HTTP reason."""
+def _registry_message(transport: HttpTransport, response: requests.Response) -> str:
+    """`CODE: message` from the distribution error body (its first 4 MiB at most), or the HTTP reason."""
     try:
-        errors = response.json().get("errors") or []
+        cached = response.__dict__.get("_content")  # read (bounded) by the transport already?
+        body = (
+            cached
+            if isinstance(cached, bytes)
+            else transport.read_body(response, MAX_SMALL_BODY_BYTES, stop_at_max=True)
+        )
+        errors = json.loads(body).get("errors") or []
         first = errors[0]
         return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
-    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
+    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException, TruncatedBody, RemoteError):
         return response.reason or ""
     finally:
         response.close()
@@ -366,7 +379,7 @@ class RegistryClient:
             method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success
         )
         if response.status_code == 401:
-            detail = _registry_message(response)
+            detail = _registry_message(self.transport, response)
             raise AuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
         return response
 
@@ -404,7 +417,7 @@ class RegistryClient:
     ) -> RegistryError:
         """The named error for an answer we cannot use; `kind` is "blob", "manifest" or "upload"."""
         status = response.status_code
-        detail = _registry_message(response)
+        detail = _registry_message(self.transport, response)
         if status in (401, 403):
             return AuthError(f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository)
         if status == 404 and kind == "blob":
@@ -437,7 +450,7 @@ class RegistryClient:
             ref,
             f"{ref.repository}/manifests/{ref.reference}",
             headers={"Accept": MANIFEST_ACCEPT},
-            on_success=lambda r: result.append(r.content),
+            on_success=lambda r: result.append(self.transport.read_body(r, MAX_MANIFEST_BYTES)),
         )
         if not result:
             raise self._fail(response, "manifest", f"manifest {ref.reference}", ref, ref.digest)
@@ -501,11 +514,14 @@ class RegistryClient:
             raise self._fail(response, "blob", f"blob {digest}", ref, digest)
         return int(response.headers.get("Content-Length", "0"))
 
-    def read_blob(self, ref: ImageReference, digest: str) -> bytes:
-        """A small blob (a config) in memory, verified against its digest."""
+    def read_blob(self, ref: ImageReference, digest: str, max_bytes: int = MAX_SMALL_BLOB_BYTES) -> bytes:
+        """A small blob (a config) in memory, at most `max_bytes`, verified against its digest."""
         result: list[bytes] = []
         response = self._read(
-            "GET", ref, f"{ref.repository}/blobs/{digest}", on_success=lambda r: result.append(r.content)
+            "GET",
+            ref,
+            f"{ref.repository}/blobs/{digest}",
+            on_success=lambda r: result.append(self.transport.read_body(r, max_bytes)),
         )
         if not result:
             raise self._fail(response, "blob", f"blob {digest}", ref, digest)
@@ -516,11 +532,17 @@ class RegistryClient:
         return result[0]
 
     def download_blob(
-        self, ref: ImageReference, digest: str, path: str, progress: Callable[[int], None] | None = None
+        self,
+        ref: ImageReference,
+        digest: str,
+        path: str,
+        progress: Callable[[int], None] | None = None,
+        max_bytes: int = UNBOUNDED_BYTES,
     ) -> int:
         """Stream a blob to `path` (via a temporary name), verified; returns its size.
 
-        A body cut short is fetched again from the start: the temporary file is rewritten.
+        A body cut short (or too slow) is fetched again from the start: the temporary file is
+        rewritten. More than `max_bytes` is `BodyTooLarge`, and nothing is left on disk.
         """
         temp_path = f"{path}.part"
         hasher: list[hashlib._Hash] = []
@@ -530,15 +552,12 @@ class RegistryClient:
             sha = hashlib.sha256()
             received = 0
             with open(temp_path, "wb") as output:
-                for data in response.iter_content(1 << 20):
+                for data in self.transport.body_pieces(response, max_bytes):
                     output.write(data)
                     sha.update(data)
                     received += len(data)
                     if progress is not None:
                         progress(len(data))
-            declared = response.headers.get("Content-Length")
-            if declared is not None and received != int(declared):
-                raise TruncatedBody(f"got {received} of {declared} bytes")
             hasher.append(sha)
 
         try:
@@ -565,7 +584,7 @@ class RegistryClient:
             ref,
             f"{ref.repository}/blobs/{digest}",
             headers=range_header(offset, length),
-            on_success=lambda r: result.append(slice_range(r, offset, length)),
+            on_success=lambda r: result.append(slice_range(self.transport, r, offset, length)),
         )
         if not result:
             raise self._fail(response, "blob", f"blob {digest} range {offset}+{length}", ref, digest)
@@ -666,7 +685,7 @@ class RegistryBackend:
     def from_config(cls, config: Mapping[str, object]) -> RegistryBackend:
         """From nydusd-style `device.backend.config` for type `registry`; unknown keys are errors."""
         where = "device.backend.config."
-        allowed = ("scheme", "host", "repo", "auth", "registry_token", "mirrors")
+        allowed = ("scheme", "host", "repo", "auth", "registry_token", "mirrors", "bootstrap_size_limit")
         http_options = http_options_from_config(config, where, allowed)
         host, repo = config.get("host"), config.get("repo")
         if not isinstance(host, str) or not host:
@@ -688,6 +707,9 @@ class RegistryBackend:
         token = config.get("registry_token", "")
         if not isinstance(token, str):
             raise ConfigError(f"config key {where}registry_token: a string is required")
+        size_limit = config.get("bootstrap_size_limit", DEFAULT_BOOTSTRAP_SIZE_LIMIT)
+        if isinstance(size_limit, bool) or not isinstance(size_limit, int) or size_limit < 1:
+            raise ConfigError(f"config key {where}bootstrap_size_limit: a positive number of bytes is required")
         options = RegistryOptions(
             http=http_options,
             plain_http=None if not scheme else scheme == "http",
@@ -695,6 +717,7 @@ class RegistryBackend:
             password=password,
             registry_token=token,
             mirrors=_mirrors(config.get("mirrors", []), where + "mirrors"),
+            bootstrap_size_limit=size_limit,
         )
         try:
             image = ImageReference.parse(f"{host}/{repo}")

@@ -88,6 +88,35 @@ def test_image_mount_matches_source(pushed: PushedImage, tmp_path: Path) -> None
     assert "already in" in daemon.log()
 
 
+@pytest.mark.parametrize("damaged", ["layer", "bootstrap"])
+def test_a_damaged_kept_bootstrap_is_checked_and_replaced(pushed: PushedImage, tmp_path: Path, damaged: str) -> None:
+    """The kept copy is checked against the manifest's digest on every start, never trusted as is."""
+    config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
+    with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")):
+        pass
+    kept = tmp_path / "cache" / "bootstraps"
+    (layer,) = kept.glob("*.tar.gz")
+    (bootstrap,) = kept.glob("*.boot")
+    original_layer = layer.read_bytes()
+    victim = layer if damaged == "layer" else bootstrap
+    content = bytearray(victim.read_bytes())
+    content[len(content) // 2] ^= 0x20
+    victim.write_bytes(bytes(content))
+    log_path = tmp_path / "log2"
+    with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(log_path)) as daemon:
+        reread = Path(daemon.mountpoint, "etc/os-release").read_bytes()
+        expected = snapshot_directory(pushed.source_dir)
+        assert diff(expected, snapshot_directory(daemon.mountpoint), ignore_root=True) == []
+    assert reread == Path(pushed.source_dir, "etc/os-release").read_bytes()
+    log = log_path.read_text()
+    if damaged == "layer":
+        assert "kept bootstrap layer fails" in log and "fetching it again" in log, log
+    else:
+        assert "already in" in log, log  # the layer held: the bootstrap was extracted from it again
+    assert layer.read_bytes() == original_layer
+    assert "Traceback" not in log
+
+
 def test_missing_image_is_one_line_and_no_mount(pushed: PushedImage, tmp_path: Path) -> None:
     config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
     mountpoint = tmp_path / "mnt"
