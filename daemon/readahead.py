@@ -40,6 +40,7 @@ import logging
 import posixpath
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from daemon.blob_order import BlobOrder
 from daemon.chunks import ChunkSource, Priority
@@ -142,7 +143,7 @@ class Readahead:
         inode = self.bootstrap.inode(ino)
         if path is not None and (b".so" in posixpath.basename(path) or inode.mode & 0o111):
             name = path.decode("utf-8", "surrogateescape")
-            self.chunks.spawn(lambda: self._follow_libraries(ino, name, 0))
+            self.chunks.spawn(partial(self._follow_libraries, ino, name, 0))
 
     def _queue_whole(self, ino: int) -> bool:
         """Queue file `ino` whole (the first time, if small enough); whether it was."""
@@ -189,7 +190,7 @@ class Readahead:
                 found = self._resolve_file(posixpath.join(directory, library))
                 if found is not None:
                     if self._queue_whole(found[0]) and depth < MAX_LIBRARY_DEPTH:
-                        self.chunks.spawn(lambda found=found: self._follow_libraries(found[0], found[1], depth + 1))
+                        self.chunks.spawn(partial(self._follow_libraries, found[0], found[1], depth + 1))
                     break
 
     def _resolve_file(self, path: str) -> tuple[int, str] | None:

@@ -12,8 +12,8 @@ import trio
 
 from daemon.chunks import ChunkSource
 from daemon.prefetch import Prefetcher
-from daemon.reader import FileReader
 from daemon.readahead import both_ends_first
+from daemon.reader import FileReader
 from daemon.storage.cache import MemoryChunkCache
 from daemon.storage.localfs import LocalFsBackend
 from rafs import layout
@@ -190,7 +190,7 @@ def test_both_ends_first_orders_a_file_from_its_ends_inwards() -> None:
 
 
 def test_a_file_opened_whole_brings_its_tail_second(tmp_path: Path) -> None:
-    bootstrap, blob_dir, files = make_image(tmp_path)
+    bootstrap, blob_dir, _ = make_image(tmp_path)
     backend = SlowBackend(blob_dir, 0)
     chunks, readahead = make_source(
         bootstrap, backend, MemoryChunkCache(), whole_file_max=1 << 20, merging_size=4 * CHUNK, fetch_workers=1
