@@ -35,7 +35,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -218,11 +218,6 @@ class ChunkSource:
             task_status.started()
             await trio.sleep_forever()
 
-    def spawn(self, function: Callable[[], Awaitable[object]]) -> None:
-        """Run `function` as a task of this source's nursery (cancelled at unmount)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(function)
-
     def in_thread(self, function: Callable[[], object]) -> None:
         """Run `function` in a worker thread owned by this source's nursery (abandoned at unmount)."""
         if self._nursery is not None:
@@ -337,11 +332,8 @@ class ChunkSource:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    async def read(self, pieces: Sequence[ChunkSlice], priority: Priority = Priority.DEMAND) -> list[bytes]:
-        """The bytes of every slice, in order; the first failing chunk's error is raised.
-
-        A reader that is guessing (`priority` below `DEMAND`) waits without promoting anything.
-        """
+    async def read(self, pieces: Sequence[ChunkSlice]) -> list[bytes]:
+        """The bytes of every slice, in order; the first failing chunk's error is raised."""
         out: list[bytes | None] = [None] * len(pieces)
         hits: list[tuple[int, ChunkRequest, ChunkSlice]] = []
         misses: list[tuple[int, ChunkRequest, ChunkSlice]] = []
@@ -371,7 +363,7 @@ class ChunkSource:
             self.stats.cache_hits += len(hits)
         if misses:
             blocked_at = time.time()
-            results = await self._wait_for([request for _, request, _ in misses], priority)
+            results = await self._wait_for([request for _, request, _ in misses])
             if self.timeline is not None:
                 self.timeline.blocked_read(blocked_at)
             for position, request, piece in misses:
@@ -409,9 +401,7 @@ class ChunkSource:
             return None
         return data
 
-    async def _wait_for(
-        self, requests: Sequence[ChunkRequest], priority: Priority = Priority.DEMAND
-    ) -> dict[ChunkKey, ChunkResult]:
+    async def _wait_for(self, requests: Sequence[ChunkRequest]) -> dict[ChunkKey, ChunkResult]:
         """Whole chunks a reader needs: claim those nobody fetches (with what rides along), join the others.
 
         A joined chunk's job that has not started yet moves to the demand queue. A chunk whose
@@ -427,12 +417,12 @@ class ChunkSource:
                 continue
             flights[request.key] = flight
             self.stats.shared_waits += 1
-            if priority == Priority.DEMAND and not flight.job.started and flight.job.priority != Priority.DEMAND:
+            if not flight.job.started and flight.job.priority != Priority.DEMAND:
                 flight.job.priority = Priority.DEMAND
                 self._queues.put(flight.job)
                 self.stats.promoted_jobs += 1
         if unclaimed:
-            self._enqueue(unclaimed, priority, set(), self.merging_size)
+            self._enqueue(unclaimed, Priority.DEMAND, set(), self.merging_size)
             for request in unclaimed:
                 flights[request.key] = self._flights[request.key]
             # What rides along goes in its own request right behind: the reader waits for its
@@ -449,5 +439,5 @@ class ChunkSource:
             else:
                 results[request.key] = flight.result
         if again:
-            results.update(await self._wait_for(again, priority))
+            results.update(await self._wait_for(again))
         return results

@@ -252,10 +252,9 @@ class RafsOperations(pyfuse3.Operations):
             raise _read_only()
         if not self._inode(inode).is_reg:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        path = self.path_of(inode)
         if self.trace is not None:
-            self.trace.record(inode, path)
-        self.reader.opened(inode, path)
+            self.trace.record(inode, self.path_of(inode))
+        self.reader.opened(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @_translate

@@ -1,19 +1,14 @@
-"""`Readahead`: which chunks to fetch before a FUSE read asks for them. One object, four policies.
+"""`Readahead`: which chunks to fetch before a FUSE read asks for them. One object, three policies.
 
 Most images are converted without an access trace, so the daemon must guess what a start needs
 next. It uses what the workload shows it:
 
 - **Whole files on open** (`whole_file_max`): the first open of a regular file of at most that
-  many bytes queues all its missing chunks at readahead priority, from both ends inwards
-  (`both_ends_first`). A start reads
+  many bytes queues all its missing chunks, in file order, at readahead priority. A start reads
   most of what it opens (a script, a module, a shared library mapped and faulted in page by page
   in no useful order), and fetching a file's chunks in parallel turns many serial misses into a
   few round trips. It is what a trace-built prefetch list would fetch, found at run time. The
   open counts as the file's first miss: blob-order amplification (below) applies to it.
-- **The libraries a program loads**: a shared library or program opened (by name or mode) has
-  its dynamic section read as soon as its chunks are in (`daemon.elf`), and the `DT_NEEDED`
-  libraries it names, found where the loader would look, are queued whole in turn, so a chain of
-  libraries loads in parallel instead of one round trip after another.
 - **A sequential window** (`window_max`): reads of one file that continue each other (a large
   file streamed) fetch the bytes after them, in a window that starts at `WINDOW_START` and
   doubles with each batch while the reads keep following each other, up to `window_max`; a new
@@ -28,7 +23,7 @@ next. It uses what the workload shows it:
   asked for, up to `blob_window_max` (equal to `amplify_io` for Nydus's fixed window); a want
   elsewhere starts a new stream.
 
-All of them queue background jobs (`ChunkSource.want`); `ChunkSource` asks the last for each
+All three queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
 demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
 blob's first miss: on the event loop for a small chunk table, else in a background thread, so
 the first miss never waits for it (misses in that blob meanwhile get no amplification).
@@ -37,14 +32,11 @@ the first miss never waits for it (misses in that blob meanwhile get no amplific
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from daemon.blob_order import BlobOrder
 from daemon.chunks import ChunkSource, Priority
-from daemon.elf import needed_libraries
 from daemon.storage.fetch import ChunkRequest
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
@@ -54,34 +46,9 @@ log = logging.getLogger(__name__)
 WINDOW_START = 1 << 20
 MAX_BLOB_STREAMS = 4  # regions of one blob followed at once (a start reads from a few packages in turn)
 MAX_TRACKED_FILES = 4096
-# Where the loader looks for a library named without a path (after DT_RUNPATH), merged-/usr first.
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
-MAX_LIBRARY_DEPTH = 8
-MAX_SYMLINKS = 8
 # A blob's order is built on the event loop when the chunk table has at most this many records
 # (about 1 ms on the 2-core VM, ~0.5 us a record), else in a background thread.
 INLINE_ORDER_CHUNKS = 2048
-
-
-def both_ends_first(indexes: range) -> list[int]:
-    """A file's chunk indexes from both ends inwards: first, last, second, second to last, ...
-
-    Many files are read at both ends before the middle: a shared library's headers, symbols and
-    relocations are at the front and the data it relocates at the back (the loader touches both
-    before any code runs); a zip or jar's directory is at the back. Fetched in this order, both
-    are in after a few requests instead of after the whole file.
-
-    >>> both_ends_first(range(5))
-    [0, 4, 1, 3, 2]
-    """
-    order: list[int] = []
-    low, high = indexes.start, indexes.stop - 1
-    while low <= high:
-        order.append(low)
-        if high != low:
-            order.append(high)
-        low, high = low + 1, high - 1
-    return order
 
 
 @dataclass
@@ -132,31 +99,18 @@ class Readahead:
 
     # -- whole files on open ---------------------------------------------------------------------
 
-    def opened(self, ino: int, path: bytes | None = None) -> None:
-        """A file was opened: on its first open, queue all of it if it is small enough.
-
-        A shared library or program (by name or mode) also has its `DT_NEEDED` libraries
-        queued as soon as its dynamic section is in (`_follow_libraries`).
-        """
-        if not self._queue_whole(ino):
+    def opened(self, ino: int) -> None:
+        """A file was opened: on its first open, queue all of it if it is small enough."""
+        if not self.whole_file_max or ino in self._opened:
             return
         inode = self.bootstrap.inode(ino)
-        if path is not None and (b".so" in posixpath.basename(path) or inode.mode & 0o111):
-            name = path.decode("utf-8", "surrogateescape")
-            self.chunks.spawn(partial(self._follow_libraries, ino, name, 0))
-
-    def _queue_whole(self, ino: int) -> bool:
-        """Queue file `ino` whole (the first time, if small enough); whether it was."""
-        if not self.whole_file_max or ino in self._opened:
-            return False
-        inode = self.bootstrap.inode(ino)
         if not inode.is_reg or inode.size > self.whole_file_max or inode.size == 0:
-            return False
+            return
         if len(self._opened) >= 1 << 20:
             self._opened.clear()
         self._opened.add(ino)
         requests = []
-        for index in both_ends_first(range(inode.data_start, inode.data_start + inode.data_count)):
+        for index in range(inode.data_start, inode.data_start + inode.data_count):
             record = self.bootstrap.chunk(index)
             if not record.is_zero:
                 requests.append(self.chunks.request(index, record))
@@ -165,48 +119,6 @@ class Readahead:
         # The open stands for the file's first want of its blob: what is stored after it follows.
         # A file already here (prefetched, or brought by amplification) only moves a stream on.
         self.chunks.want(self.along(requests, start_streams=missing), Priority.READAHEAD)
-        return True
-
-    # -- the libraries a program will load ----------------------------------------------------------
-
-    async def _follow_libraries(self, ino: int, path: str, depth: int) -> None:
-        """Queue the libraries the ELF file `ino` needs, whole, and theirs in turn (a guess: errors end it)."""
-
-        async def read(offset: int, size: int) -> bytes:
-            pieces = self.bootstrap.chunk_span(ino, offset, size)
-            return b"".join(await self.chunks.read(pieces, Priority.READAHEAD))
-
-        try:
-            needed = await needed_libraries(read)
-        except NydusError as error:
-            log.debug("libraries of %s not followed: %s", path, error)
-            return
-        if needed is None:
-            return
-        origin = posixpath.dirname(path)
-        directories = [entry.replace("$ORIGIN", origin) for entry in needed.search_path] + list(LIBRARY_DIRS)
-        for library in needed.libraries:
-            for directory in directories:
-                found = self._resolve_file(posixpath.join(directory, library))
-                if found is not None:
-                    if self._queue_whole(found[0]) and depth < MAX_LIBRARY_DEPTH:
-                        self.chunks.spawn(partial(self._follow_libraries, found[0], found[1], depth + 1))
-                    break
-
-    def _resolve_file(self, path: str) -> tuple[int, str] | None:
-        """The regular file at `path` in the image, following symbolic links (a few), with its path."""
-        for _ in range(MAX_SYMLINKS):
-            ino = self.bootstrap.resolve(path)
-            if ino is None:
-                return None
-            inode = self.bootstrap.inode(ino)
-            if inode.is_reg:
-                return ino, path
-            if not inode.is_symlink:
-                return None
-            target = self.bootstrap.readlink(ino).decode("utf-8", "surrogateescape")
-            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        return None
 
     # -- sequential window ------------------------------------------------------------------------
 

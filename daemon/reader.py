@@ -23,9 +23,9 @@ class FileReader:
         self.readahead = readahead
         self.timeline = timeline
 
-    def opened(self, ino: int, path: bytes | None = None) -> None:
-        """A file was opened at `path` (if known): readahead may queue it, and what it will load."""
-        self.readahead.opened(ino, path)
+    def opened(self, ino: int) -> None:
+        """A file was opened (readahead may queue it whole)."""
+        self.readahead.opened(ino)
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of file `ino`, short only at the end of the file."""

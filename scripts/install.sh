@@ -13,7 +13,6 @@ packages=(
   docker-registry apache2-utils                     # the real registry (and htpasswd) the tests start
   busybox-static                                    # the built-in example image
   attr                                              # setfattr/getfattr for xattr checks
-  binutils                                          # readelf: the reference daemon.elf is tested against
 )
 missing=()
 for package in "${packages[@]}"; do

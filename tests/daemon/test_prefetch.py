@@ -12,7 +12,6 @@ import trio
 
 from daemon.chunks import ChunkSource
 from daemon.prefetch import Prefetcher
-from daemon.readahead import both_ends_first
 from daemon.reader import FileReader
 from daemon.storage.cache import MemoryChunkCache
 from daemon.storage.localfs import LocalFsBackend
@@ -180,31 +179,3 @@ def test_a_small_file_is_fetched_whole_on_its_first_open(tmp_path: Path) -> None
     assert trio.run(main) == files["big"][60 * CHUNK : 61 * CHUNK]
     assert backend.reads == [(bootstrap.chunks(big)[0].compressed_offset, 64 * CHUNK)], "the whole file, at once"
     assert chunks.stats.promoted_jobs == 1, "the read moved the queued file to the front"
-
-
-def test_both_ends_first_orders_a_file_from_its_ends_inwards() -> None:
-    assert both_ends_first(range(5)) == [0, 4, 1, 3, 2]
-    assert both_ends_first(range(10, 14)) == [10, 13, 11, 12]
-    assert both_ends_first(range(3, 4)) == [3]
-    assert both_ends_first(range(0)) == []
-
-
-def test_a_file_opened_whole_brings_its_tail_second(tmp_path: Path) -> None:
-    bootstrap, blob_dir, _ = make_image(tmp_path)
-    backend = SlowBackend(blob_dir, 0)
-    chunks, readahead = make_source(
-        bootstrap, backend, MemoryChunkCache(), whole_file_max=1 << 20, merging_size=4 * CHUNK, fetch_workers=1
-    )
-    big = inode(bootstrap, "big")
-    records = bootstrap.chunks(big)
-
-    async def main() -> None:
-        async with running(chunks):
-            readahead.opened(big)
-            while chunks.in_flight or chunks.pending_count():
-                await trio.sleep(0.01)
-
-    trio.run(main)
-    assert backend.reads[0] == (records[0].compressed_offset, 4 * CHUNK)
-    assert backend.reads[1] == (records[-4].compressed_offset, 4 * CHUNK), "the tail comes right after the head"
-    assert sum(length for _, length in backend.reads) == 64 * CHUNK
