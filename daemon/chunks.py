@@ -16,9 +16,7 @@ Jobs wait in three queues, served in this order:
 that many range requests are in flight at once: enough to fill a link's bandwidth x RTT. The
 first `demand_workers` of them take only demand jobs, so an on-demand read never waits behind
 background work for a worker; the others take whatever is most urgent, so the link is never
-idle while prefetch or readahead has work. Background jobs keep at most `background_bytes` in
-flight, because a link queues bytes in arrival order: that bounds how long a demand request's
-answer waits behind theirs. A demand read of a chunk queued in a background job
+idle while prefetch or readahead has work. A demand read of a chunk queued in a background job
 that has not started promotes that job to the demand queue.
 
 Every chunk being fetched has one *flight* in `_flights`, so concurrent wants of one chunk are
@@ -112,27 +110,19 @@ class _JobQueues:
     def pending(self, priority: Priority) -> int:
         return sum(1 for job in self._queues[priority] if not job.started and job.priority == priority)
 
-    def wake(self) -> None:
-        """Let waiting workers look again (room for background work was made)."""
-        self._lot.unpark_all()
-
-    def _take(self, demand_only: bool, background_room: Callable[[_Job], bool]) -> _Job | None:
+    def _take(self, demand_only: bool) -> _Job | None:
         for priority in Priority:
             queue = self._queues[priority]
             while queue:
-                job = queue[0]
-                if job.started or job.priority != priority:  # started, or promoted away
-                    queue.popleft()
-                    continue
-                if priority != Priority.DEMAND and not background_room(job):
-                    return None
-                return queue.popleft()
+                job = queue.popleft()
+                if not job.started and job.priority == priority:  # else: started, or promoted away
+                    return job
             if demand_only:
                 return None
         return None
 
-    async def get(self, demand_only: bool, background_room: Callable[[_Job], bool]) -> _Job:
-        while (job := self._take(demand_only, background_room)) is None:
+    async def get(self, demand_only: bool) -> _Job:
+        while (job := self._take(demand_only)) is None:
             await self._lot.park()
         job.started = True
         return job
@@ -172,7 +162,6 @@ class ChunkSource:
         fetch_workers: int = 8,
         demand_workers: int = 2,
         bandwidth_rate: int = 0,
-        background_bytes: int = 0,
         cache_threads: int = 8,
         timeline: Timeline | None = None,
     ) -> None:
@@ -184,8 +173,6 @@ class ChunkSource:
         self.fetch_workers = max(1, fetch_workers)
         self.demand_workers = min(max(0, demand_workers), self.fetch_workers - 1) if self.fetch_workers > 1 else 0
         self.timeline = timeline
-        self.background_bytes = background_bytes  # stored bytes readahead and prefetch may have in flight (0 = any)
-        self._background_in_flight = 0
         self.stats = ChunkStats()
         self.in_flight = 0
         self.along: Callable[[list[ChunkRequest]], list[ChunkRequest]] = lambda misses: []
@@ -223,27 +210,12 @@ class ChunkSource:
         if self._nursery is not None:
             self._nursery.start_soon(partial(trio.to_thread.run_sync, function, abandon_on_cancel=True))
 
-    def _background_room(self, job: _Job) -> bool:
-        """Whether a background job may start: its bytes fit under `background_bytes` in flight."""
-        if not self.background_bytes or not self._background_in_flight:
-            return True
-        return self._background_in_flight + run_bytes(job.run) <= self.background_bytes
-
     async def _worker(self, demand_only: bool) -> None:
         while True:
-            job = await self._queues.get(demand_only, self._background_room)
-            background = job.priority != Priority.DEMAND
-            nbytes = run_bytes(job.run)
-            if background:
-                self._background_in_flight += nbytes
-            try:
-                if job.priority == Priority.PREFETCH:
-                    await self._pacer.wait(nbytes)
-                await self._execute(job)
-            finally:
-                if background:
-                    self._background_in_flight -= nbytes
-                    self._queues.wake()
+            job = await self._queues.get(demand_only)
+            if job.priority == Priority.PREFETCH:
+                await self._pacer.wait(run_bytes(job.run))
+            await self._execute(job)
 
     async def _execute(self, job: _Job) -> None:
         results: dict[ChunkKey, ChunkResult] = {}

@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 # The kernel's largest FUSE request (FUSE_MAX_MAX_PAGES = 256 pages since Linux 4.20).
 MAX_READ_BYTES = 1 << 20
 STOP_GRACE_S = 2.0
-# Readahead and prefetch keep at most this many `merging_size` requests' bytes in flight: a link
-# queues bytes in arrival order, so this bounds how long an on-demand read waits behind them
-# (2 MiB: 40 ms at 400 Mbit/s). Measured on debian-sci at 400 Mbit/s, 20 ms RTT, two runs each:
-# lazy cold 10.8 and 10.3 s without the bound, 9.9 and 10.0 s with it (blocked 6.7 -> 6.3 s).
-BACKGROUND_REQUESTS = 2
 MAX_FUSE_TASKS = 128
 
 
@@ -142,7 +137,6 @@ async def serve(
         fetch_workers=fetch_workers,
         demand_workers=max(1, fetch_workers // 4),
         bandwidth_rate=config.fs_prefetch.bandwidth_rate,
-        background_bytes=BACKGROUND_REQUESTS * config.fs_prefetch.merging_size,
         timeline=timeline,
     )
     readahead = Readahead(
