@@ -71,16 +71,11 @@ class ReadaheadConfig:
     """`readahead`: this daemon's own knobs for guessing what a start needs (see `daemon.readahead`).
 
     `whole_file_max`: a file of at most this many bytes is fetched whole on its first open (0 =
-    never); `window_max`: the largest window of sequential readahead in a file (0 = none);
-    `blob_window_max`: how far blob-order amplification (`amplify_io`) may grow while a start
-    reads a blob in stored order (`amplify_io` or less, the default: a fixed window, as Nydus's;
-    growing it to 16 MiB changed neither time nor bytes measurably on the benchmarks' images:
-    debian-sci 10.4 s and 160.0 MiB with it, 10.5-11.6 s and 159.3 MiB without, at 400 Mbit/s).
+    never); `window_max`: the largest window of sequential readahead in a file (0 = none).
     """
 
     whole_file_max: int = 256 << 20
     window_max: int = 32 << 20
-    blob_window_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,11 +177,10 @@ def _prefetch(obj: JsonObject) -> PrefetchConfig:
 
 def _readahead(obj: JsonObject) -> ReadaheadConfig:
     where = "readahead."
-    _only(obj, where, ("whole_file_max", "window_max", "blob_window_max"))
+    _only(obj, where, ("whole_file_max", "window_max"))
     return ReadaheadConfig(
         whole_file_max=_int(obj, "whole_file_max", where, 256 << 20, 0),
         window_max=_int(obj, "window_max", where, 32 << 20, 0),
-        blob_window_max=_int(obj, "blob_window_max", where, 0, 0),
     )
 
 

@@ -14,14 +14,10 @@ next. It uses what the workload shows it:
   doubles with each batch while the reads keep following each other, up to `window_max`; a new
   batch is asked for when half of the last one is used up, as the kernel's own readahead does.
   A read elsewhere in the file starts the window again.
-- **Blob-order amplification** (`amplify_io`, Nydus's meaning, growing up to
-  `blob_window_max`): a demand miss (or a file's first open) also fetches the chunks stored
-  right after it in the same blob, `amplify_io` stored bytes of them, in a request of its own
-  behind the miss's. The builder stores files in tar order (a package's files together) or in
-  prefetch order, so they are often the next ones a start opens. When they are (half of a
-  window wanted), it is a stream through the blob: the window doubles and the next range is
-  asked for, up to `blob_window_max` (equal to `amplify_io` for Nydus's fixed window); a want
-  elsewhere starts a new stream.
+- **Blob-order amplification** (`amplify_io`, Nydus's meaning): a demand miss (or a file's
+  first open) also fetches the chunks stored in the `amplify_io` bytes right after it in the same
+  blob, in a request of its own behind the miss's. The builder stores files in tar order (a
+  package's files together) or in prefetch order, so they are often the next ones a start opens.
 
 All three queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
 demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
@@ -44,7 +40,6 @@ from rafs.errors import NydusError
 log = logging.getLogger(__name__)
 
 WINDOW_START = 1 << 20
-MAX_BLOB_STREAMS = 4  # regions of one blob followed at once (a start reads from a few packages in turn)
 MAX_TRACKED_FILES = 4096
 # A blob's order is built on the event loop when the chunk table has at most this many records
 # (about 1 ms on the 2-core VM, ~0.5 us a record), else in a background thread.
@@ -60,17 +55,6 @@ class _Stream:
     ahead_end: int
 
 
-@dataclass
-class _BlobStream:
-    """A region of a blob read in stored order: where it began, the window, how far was asked, how much of
-    the last window was wanted since."""
-
-    start: int
-    window: int
-    ahead_end: int
-    used: int = 0
-
-
 class Readahead:
     """The readahead policies of one mount (see the module docstring)."""
 
@@ -80,19 +64,16 @@ class Readahead:
         chunks: ChunkSource,
         *,
         amplify_io: int = 1 << 20,
-        blob_window_max: int = 0,
         whole_file_max: int = 256 << 20,
         window_max: int = 32 << 20,
     ) -> None:
         self.bootstrap = bootstrap
         self.chunks = chunks
         self.amplify_io = amplify_io
-        self.blob_window_max = blob_window_max
         self.whole_file_max = whole_file_max
         self.window_max = window_max
         self._opened: set[int] = set()  # files whose first open queued them whole
         self._streams: dict[int, _Stream] = {}  # files being read in order
-        self._blob_streams: dict[int, list[_BlobStream]] = {}  # by blob index, least recently used first
         self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
         self._ordering: set[int] = set()  # blob indexes whose order was asked for
         chunks.along = self.along
@@ -114,11 +95,11 @@ class Readahead:
             record = self.bootstrap.chunk(index)
             if not record.is_zero:
                 requests.append(self.chunks.request(index, record))
-        missing = any(self.chunks.absent(request) for request in requests)
-        self.chunks.want(requests, Priority.READAHEAD)
-        # The open stands for the file's first want of its blob: what is stored after it follows.
-        # A file already here (prefetched, or brought by amplification) only moves a stream on.
-        self.chunks.want(self.along(requests, start_streams=missing), Priority.READAHEAD)
+        if any(self.chunks.absent(request) for request in requests):
+            # The open stands for the file's first miss: what is stored after it follows. (A file
+            # already here, prefetched or brought by amplification, brings nothing more.)
+            self.chunks.want(requests, Priority.READAHEAD)
+            self.chunks.want(self.along(requests), Priority.READAHEAD)
 
     # -- sequential window ------------------------------------------------------------------------
 
@@ -159,11 +140,8 @@ class Readahead:
 
     # -- blob-order amplification ----------------------------------------------------------------
 
-    def along(self, requests: list[ChunkRequest], *, start_streams: bool = True) -> list[ChunkRequest]:
-        """The chunks stored after the last of `requests` in each blob, as its blob stream says.
-
-        Without `start_streams`, only a stream the wants continue is moved on.
-        """
+    def along(self, requests: list[ChunkRequest]) -> list[ChunkRequest]:
+        """The absent chunks stored in the `amplify_io` bytes after the last of `requests` in each blob."""
         if not self.amplify_io:
             return []
         last: dict[int, ChunkRequest] = {}
@@ -174,49 +152,10 @@ class Readahead:
         extra: list[ChunkRequest] = []
         for blob_index, request in last.items():
             order = self._blob_order(blob_index)
-            if order is None:
-                continue
-            end = request.record.compressed_offset + request.record.compressed_size
-            used = sum(r.record.compressed_size for r in requests if r.record.blob_index == blob_index)
-            window = self._stream_window(blob_index, request.record.compressed_offset, end, used, start_streams)
-            if window is not None:
-                extra += self._stored_after(order, blob_index, window[0], window[1])
+            if order is not None:
+                end = request.record.compressed_offset + request.record.compressed_size
+                extra += self._stored_after(order, blob_index, end, end + self.amplify_io)
         return extra
-
-    def _stream_window(
-        self, blob_index: int, offset: int, end: int, used: int, may_start: bool
-    ) -> tuple[int, int] | None:
-        """The stored range to fetch after a want of `used` bytes at [offset, end) of a blob, or None.
-
-        A want inside a stream's range counts as use of it. Once half of the last window is
-        used, the window doubles (up to `blob_window_max`) and the next range is asked for; a
-        want past the range of a stream that was not used that much, or anywhere else, starts a
-        stream of `amplify_io` bytes there (the oldest of a blob's `MAX_BLOB_STREAMS` streams
-        makes room).
-        """
-        streams = self._blob_streams.setdefault(blob_index, [])
-        for stream in streams:
-            if stream.start <= offset < stream.ahead_end + stream.window:
-                streams.remove(stream)
-                streams.append(stream)  # most recently used last
-                if offset < stream.ahead_end:
-                    stream.used += used
-                if stream.used >= stream.window // 2:
-                    stream.window = min(stream.window * 2, max(self.blob_window_max, self.amplify_io))
-                    stream.used = 0
-                    start = max(stream.ahead_end, end)
-                    stream.ahead_end = end + stream.window
-                    return start, stream.ahead_end
-                if offset < stream.ahead_end:
-                    return None
-                streams.remove(stream)  # past a stream that did not pay off: start afresh here
-                break
-        if not may_start:
-            return None
-        if len(streams) >= MAX_BLOB_STREAMS:
-            streams.pop(0)
-        streams.append(_BlobStream(offset, self.amplify_io, end + self.amplify_io))
-        return end, end + self.amplify_io
 
     def _blob_order(self, blob_index: int) -> BlobOrder | None:
         """The blob's chunks in stored order, or None while a background thread builds them."""

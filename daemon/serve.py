@@ -143,7 +143,6 @@ async def serve(
         bootstrap,
         chunks,
         amplify_io=config.amplify_io,
-        blob_window_max=config.readahead.blob_window_max,
         whole_file_max=config.readahead.whole_file_max,
         window_max=config.readahead.window_max,
     )

@@ -20,7 +20,6 @@ def make_source(
     cache: ChunkCache,
     *,
     amplify_io: int = 0,
-    blob_window_max: int = 0,
     whole_file_max: int = 0,
     window_max: int = 0,
     **options: int | bool,
@@ -31,7 +30,6 @@ def make_source(
         bootstrap,
         source,
         amplify_io=amplify_io,
-        blob_window_max=blob_window_max,
         whole_file_max=whole_file_max,
         window_max=window_max,
     )

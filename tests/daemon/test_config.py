@@ -45,7 +45,6 @@ def test_defaults() -> None:
     assert config.fs_prefetch.enable and not config.fs_prefetch.prefetch_all
     assert config.fs_prefetch.threads_count == 8 and config.amplify_io == 1 << 20
     assert config.readahead.whole_file_max == 256 << 20 and config.readahead.window_max == 32 << 20
-    assert config.readahead.blob_window_max == 0  # a fixed amplify_io window, as Nydus's
 
 
 @pytest.mark.parametrize(
