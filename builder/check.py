@@ -113,17 +113,8 @@ def recompute_digests(bootstrap: Bootstrap) -> dict[int, bytes]:
             content = bootstrap.readlink(ino)
         else:
             content = b""
-        value = digest.inode_digest(
-            bootstrap.digester,
-            mode=inode.mode,
-            nlink=inode.nlink,
-            uid=inode.uid,
-            gid=inode.gid,
-            size=inode.size,
-            rdev=inode.rdev,
-            mtime_ns=inode.mtime_ns,
-            xattrs=digest.encode_xattrs(bootstrap.xattrs(ino)),
-            content=content,
+        value = digest.record_digest(
+            bootstrap.digester, inode, xattrs=digest.encode_xattrs(bootstrap.xattrs(ino)), content=content
         )
         if value != inode.digest:
             raise CorruptBootstrap(f"{_show(path_of[ino])}: inode {ino} digest mismatch")

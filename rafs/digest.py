@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import blake3
 
 from rafs import layout
+from rafs.records import Inode
 
 _META = struct.Struct("<IIIIQQqI")
 _NAME_LEN = struct.Struct("<I")
@@ -60,6 +61,22 @@ def inode_digest(
     mtime_sec, mtime_nsec = divmod(mtime_ns, 1_000_000_000)
     meta = _META.pack(mode, nlink, uid, gid, size, rdev, mtime_sec, mtime_nsec)
     return chunk_digest(meta + _NAME_LEN.pack(len(xattrs)) + xattrs + content, digester)
+
+
+def record_digest(digester: int, inode: Inode, *, xattrs: bytes, content: bytes) -> bytes:
+    """`inode_digest` of a decoded inode record: what its verified parent (or the superblock) holds."""
+    return inode_digest(
+        digester,
+        mode=inode.mode,
+        nlink=inode.nlink,
+        uid=inode.uid,
+        gid=inode.gid,
+        size=inode.size,
+        rdev=inode.rdev,
+        mtime_ns=inode.mtime_ns,
+        xattrs=xattrs,
+        content=content,
+    )
 
 
 def file_content(chunk_digests: Iterable[bytes]) -> bytes:

@@ -179,18 +179,7 @@ class TreeVerifier:
         else:
             content, children = b"", []
         xattrs = self.bootstrap.heap(record.xattr_offset, record.xattr_size) if record.xattr_size else b""
-        computed = digest.inode_digest(
-            self.superblock.digester,
-            mode=record.mode,
-            nlink=record.nlink,
-            uid=record.uid,
-            gid=record.gid,
-            size=record.size,
-            rdev=record.rdev,
-            mtime_ns=record.mtime_ns,
-            xattrs=xattrs,
-            content=content,
-        )
+        computed = digest.record_digest(self.superblock.digester, record, xattrs=xattrs, content=content)
         if computed != record.digest:
             raise CorruptBootstrap(f"inode {record.ino}: digest mismatch (its record or content was altered)")
         for child in children:
