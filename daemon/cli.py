@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from daemon.config import DaemonConfig, default_config, image_config, load_config, read_config_file
 from daemon.storage.backend import BlobBackend
-from rafs.errors import NydusError
+from rafs.errors import ConfigError, NydusError
 from rafs.oci import ImageReference
 from rafs.pathlist import read_path_list
 
@@ -132,6 +132,13 @@ def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig
     )
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse an output file whose directory is missing before mounting, not at unmount."""
+    for flag, path in (("--trace-out", args.trace_out), ("--timeline-out", args.timeline_out)):
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ConfigError(f"{flag} {path}: its directory does not exist")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        check_output_paths(args)
         fetch = ImageFetch(args) if args.image else None
         if fetch is not None:
             fetch.start()

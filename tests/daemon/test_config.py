@@ -60,6 +60,8 @@ def test_defaults() -> None:
         (lambda c: c["fs_prefetch"].update(threads_count=0), "fs_prefetch.threads_count"),
         (lambda c: c["fs_prefetch"].update(merging_size="1M"), "fs_prefetch.merging_size"),
         (lambda c: c.update(mode="fast"), "mode"),
+        (lambda c: c["readahead"].update(whole_file=1), "readahead.whole_file"),
+        (lambda c: c["readahead"].update(window_max=-1), "readahead.window_max"),
         (lambda c: c["device"]["backend"].update(type="s3"), "device.backend.type"),
         (lambda c: c["device"]["backend"].update(type="registry"), "device.backend.config.dir"),
         (lambda c: c["device"]["backend"].update(type="http"), "device.backend.config.dir"),
