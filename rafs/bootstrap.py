@@ -276,6 +276,19 @@ class Bootstrap:
             raise CorruptBootstrap(f"inode {ino} is not a symlink")
         return self.heap(inode.data_start, inode.data_count)
 
+    def has_xattrs(self) -> bool:
+        """Whether any inode has xattrs: one strided pass over the raw `xattr_size` fields (~1 ms
+        for 40k inodes).
+
+        Not verified (records are, when used): a record forged to `xattr_size` 0 fails its digest
+        as soon as it is looked up, so an answer it falsifies never reaches a reader's file.
+        """
+        sb = self.superblock
+        end = sb.inode_table_offset + sb.inode_count * layout.INODE.size
+        first = sb.inode_table_offset + layout.INODE_XATTR_SIZE_OFFSET
+        column = (bytes(self.buffer[first + i : end : layout.INODE.size]) for i in range(4))  # one byte a record
+        return any(part.count(0) != sb.inode_count for part in column)
+
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         """All xattrs of `ino`, decoded and bounds-checked."""
         inode = self.inode(ino)

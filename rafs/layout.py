@@ -30,6 +30,8 @@ DIGEST_SIZE = 32
 # Inode record, 112 bytes; inode number N is record N-1.
 INODE = struct.Struct("<IIIIQQqIIQQIIQ32s")
 assert INODE.size == 112
+INODE_XATTR_SIZE_OFFSET = 68  # of the u32 `xattr_size` inside a record
+assert struct.calcsize("<IIIIQQqIIQQI") == INODE_XATTR_SIZE_OFFSET
 
 # Inode flags (inode `flags`). Only layer bootstraps (FEATURE_LAYER) may set them.
 INODE_IMPLICIT_DIR = 1 << 0  # a directory the layer did not contain, made only to hold children

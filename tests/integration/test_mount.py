@@ -146,6 +146,28 @@ def test_statfs_and_xattrs(mount: str) -> None:
     assert raised.value.errno == errno.ENODATA
 
 
+def test_image_without_xattrs_tells_the_kernel_to_stop_asking(tmp_path: os.PathLike[str]) -> None:
+    """No inode has xattrs: the daemon answers getxattr with ENOSYS, which the kernel turns into
+    EOPNOTSUPP for this call and answers itself from then on (an overlay above asks on every
+    lookup); with xattrs in the image, `test_statfs_and_xattrs` still gets ENODATA."""
+    work = str(tmp_path)
+    source = os.path.join(work, "src")
+    os.makedirs(os.path.join(source, "etc"))
+    for name in ("a", "b"):
+        with open(os.path.join(source, "etc", name), "w") as file:
+            file.write(name)
+    image = build_image(source, work)
+    config = write_config(os.path.join(work, "c.json"), image.blob_dir)
+    with mounted(image.bootstrap, os.path.join(work, "mnt"), config, os.path.join(work, "log")) as daemon:
+        for name in ("a", "b"):
+            with pytest.raises(OSError) as raised:
+                os.getxattr(os.path.join(daemon.mountpoint, "etc", name), "trusted.overlay.opaque")
+            assert raised.value.errno == errno.EOPNOTSUPP
+        assert os.listxattr(os.path.join(daemon.mountpoint, "etc/a")) == []
+        with open(os.path.join(daemon.mountpoint, "etc/b")) as file:
+            assert file.read() == "b"
+
+
 def run_as(uid: int, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(command), user=uid, group=uid, extra_groups=[], capture_output=True, text=True)
 

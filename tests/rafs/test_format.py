@@ -154,6 +154,7 @@ def test_write_then_read_gives_the_same_tree(tree: tuple[FsNode, int, list[BlobR
         if not bootstrap.inode(ino).is_dir:
             assert bootstrap.inode(ino).nlink == count
     assert bootstrap.prefetch_inodes() == [ino_of[id(node)] for node in prefetch]
+    assert bootstrap.has_xattrs() == any(node.xattrs for _, node in _walk_nodes(root))
     for path, ino in bootstrap.walk():
         assert bootstrap.resolve(path) == ino
     assert write_bootstrap(root, blobs, chunk_size=chunk_size, prefetch=prefetch) == data
