@@ -26,14 +26,13 @@ from dataclasses import dataclass
 
 from builder.build import BuildOptions, build
 from builder.check import check as check_bootstrap
-from builder.cli import _chunk_size, _read_prefetch_list, run_with_one_line_errors
-from daemon.storage.http import HttpOptions
-from daemon.storage.registry import RegistryClient, RegistryOptions, host_platforms, sha256_digest
+from builder.options import OneLineParser, chunk_size, read_prefetch_list, run_with_one_line_errors
+from daemon.storage.registry import HttpOptions, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageReference, Platform
+from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
 
 LAYOUT_PREFIX = "oci:"
 TAR_MTIME = 0  # the bootstrap layer's tar and gzip carry no clock, for reproducible digests
@@ -388,8 +387,8 @@ def _platform(text: str) -> Platform:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nydusify", description="Convert OCI images to lazy-loading images.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="nydusify", description="Convert OCI images to lazy-loading images.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, help_text in (
         ("convert", "pull an OCI image, build it, push the converted image"),
         ("check", "verify a converted image against its source"),
@@ -404,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--retry-limit", type=int, default=3)
         command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a read")
         if name == "convert":
-            command.add_argument("--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
+            command.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
             command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
     return parser
 
@@ -426,7 +425,7 @@ def _run(arguments: argparse.Namespace) -> int:
         if arguments.command == "convert":
             options = BuildOptions(
                 chunk_size=arguments.chunk_size,
-                prefetch_files=_read_prefetch_list(arguments.prefetch_files),
+                prefetch_files=read_prefetch_list(arguments.prefetch_files),
                 progress=True,
             )
             result = convert(client, arguments.source, target, work_dir, options, platforms)

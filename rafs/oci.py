@@ -9,6 +9,8 @@ mount bytes it cannot read.
 
 from __future__ import annotations
 
+import hashlib
+import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -135,19 +137,30 @@ def select_manifest(index: Mapping[str, object], wanted: Sequence[Platform]) -> 
     manifests = index.get("manifests")
     if not isinstance(manifests, list):
         raise InvalidReference("image index has no manifests list")
-    for platform in wanted:
+    for choice in wanted:
         for descriptor in manifests:
             if not isinstance(descriptor, dict):
                 continue
             offered = descriptor.get("platform")
             if not isinstance(offered, dict):
                 continue
-            same_variant = not platform.variant or offered.get("variant", platform.variant) == platform.variant
-            if (
-                offered.get("os") == platform.os
-                and offered.get("architecture") == platform.architecture
-                and same_variant
-            ):
+            same_variant = not choice.variant or offered.get("variant", choice.variant) == choice.variant
+            if offered.get("os") == choice.os and offered.get("architecture") == choice.architecture and same_variant:
                 return descriptor
     names = ", ".join(f"{p.os}/{p.architecture}" for p in wanted)
     raise InvalidReference(f"image index has no manifest for {names}")
+
+
+def host_platforms() -> tuple[Platform, ...]:
+    """The host's platform first, then linux/amd64 (what most single-platform images are)."""
+    machine = platform.machine().lower()
+    architecture = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+    wanted = [Platform("linux", architecture)]
+    if architecture != "amd64":
+        wanted.append(Platform("linux", "amd64"))
+    return tuple(wanted)
+
+
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest (`sha256:<hex>`) of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -11,9 +11,9 @@ import random
 import tarfile
 from dataclasses import dataclass
 
-from daemon.storage.registry import RegistryClient, sha256_digest
+from daemon.storage.registry import RegistryClient
 from rafs import oci
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, sha256_digest
 
 # path -> bytes (file), None (directory), ("symlink", target), ("hardlink", target)
 LayerSpec = dict[str, object]

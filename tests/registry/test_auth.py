@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.storage.http import HttpOptions
-from daemon.storage.registry import AuthError, RegistryClient, RegistryOptions, sha256_digest
-from rafs.oci import ImageReference
+from daemon.storage.options import HttpOptions
+from daemon.storage.registry import AuthError, RegistryClient, RegistryOptions
+from rafs.oci import ImageReference, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry

@@ -17,10 +17,9 @@ from daemon.storage.registry import (
     RegistryBackend,
     RegistryClient,
     RegistryOptions,
-    sha256_digest,
 )
 from rafs import oci
-from rafs.oci import ImageReference, Platform
+from rafs.oci import ImageReference, Platform, sha256_digest
 from tests.registry.images import make_image, push_image, sample_image
 from tests.registry_fixture import RunningRegistry, free_port
 
@@ -159,24 +158,28 @@ def test_mirror_first_then_origin(registry: RunningRegistry, tmp_path: Path) -> 
 
 
 def test_backend_from_nydusd_config(registry: RunningRegistry, client: RegistryClient) -> None:
+    from daemon.config import parse_config
+    from daemon.storage.backends import open_backend
     from rafs.errors import ConfigError
 
     image = sample_image()
     ref = ImageReference.parse(f"{registry.host}/demo/config")
     push_image(client, ref, image)
-    config = {"host": registry.host, "repo": "demo/config", "scheme": "http", "timeout": 5, "retry_limit": 1}
-    configured = RegistryBackend.from_config(config)
+    options = {"host": registry.host, "repo": "demo/config", "scheme": "http", "timeout": 5, "retry_limit": 1}
+    config = parse_config({"device": {"backend": {"type": "registry", "config": options}}})
+    configured = open_backend(config.backend)
     try:
         layer = image.layers[1]
         assert configured.read_range(sha256_digest(layer)[7:], 0, 64) == layer[:64]
     finally:
         configured.close()
     with pytest.raises(ConfigError, match=r"device\.backend\.config\.colour"):
-        RegistryBackend.from_config({**config, "colour": "blue"})
+        parse_config({"device": {"backend": {"type": "registry", "config": {**options, "colour": "blue"}}}})
 
 
 def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None:
-    from daemon.storage.http import HttpOptions, TlsError
+    from daemon.storage.options import HttpOptions
+    from daemon.storage.transport import TlsError
 
     ref = ImageReference.parse(f"{tls_registry.host}/secure/app")
     data = b"over https"

@@ -12,11 +12,11 @@ import pytest
 
 from builder import nydusify
 from builder.build import BuildOptions
-from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
+from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci
 from rafs.blob import decode_chunk
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, sha256_digest
 from tests.registry.images import image_of_layers, make_image, push_image, sample_image, write_oci_layout
 from tests.registry_fixture import RunningRegistry, free_port
 

@@ -16,15 +16,16 @@ import pytest
 from builder import nydusify
 from builder.build import BuildOptions
 from daemon.storage import backend
-from daemon.storage.http import HttpBackend, HttpOptions, RemoteUnavailable
+from daemon.storage.http import HttpBackend
+from daemon.storage.options import HttpConfig, HttpOptions
 from daemon.storage.registry import (
     AuthError,
     BlobNotFound,
     RegistryClient,
     RegistryOptions,
-    sha256_digest,
 )
-from rafs.oci import ImageReference, Platform
+from daemon.storage.transport import RemoteUnavailable
+from rafs.oci import ImageReference, Platform, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry
@@ -193,7 +194,7 @@ def test_http_backend_ranges_and_retries(blob_server: tuple[str, Path], registry
     (directory / blob_id).write_bytes(data)
     proxy = FaultProxy(host)
     try:
-        http_backend = HttpBackend(f"http://{proxy.host}/", QUICK)
+        http_backend = HttpBackend(HttpConfig(f"http://{proxy.host}/", QUICK))
         assert http_backend.read_range(blob_id, 500, 1000) == data[500:1500]
         assert http_backend.blob_size(blob_id) == len(data)
         proxy.inject("500", blob_id)
@@ -210,6 +211,6 @@ def test_http_backend_ranges_and_retries(blob_server: tuple[str, Path], registry
     finally:
         proxy.stop()
 
-    registry_prefix = HttpBackend(f"http://{registry.host}/v2/none/blobs", QUICK)
+    registry_prefix = HttpBackend(HttpConfig(f"http://{registry.host}/v2/none/blobs", QUICK))
     with pytest.raises(backend.BlobNotFound):
         registry_prefix.read_range("../" + "a" * 61, 0, 1)
