@@ -180,21 +180,13 @@ def convert(net: Network, repository: str, target_tag: str, work: Path, prefetch
 
 def converted_sizes(net: Network, repository: str, tag: str) -> tuple[int, int]:
     """(bytes of blob layers, bytes of the bootstrap layer) of a converted image."""
+    ref = ImageReference(net.direct_host, repository, tag)
     client = registry_client()
     try:
-        manifest = client.get_image_manifest(ImageReference(net.direct_host, repository, tag)).document
+        image = oci.parse_converted_manifest(client.get_image_manifest(ref).document, str(ref))
     finally:
         client.close()
-    layers = manifest.get("layers")
-    assert isinstance(layers, list)
-    blobs = bootstrap = 0
-    for layer in layers:
-        annotations = layer.get("annotations", {})
-        if annotations.get(oci.ANNOTATION_NYDUS_BOOTSTRAP) == "true":
-            bootstrap += int(layer["size"])
-        else:
-            blobs += int(layer["size"])
-    return blobs, bootstrap
+    return sum(image.blob_sizes), image.bootstrap_size
 
 
 def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:

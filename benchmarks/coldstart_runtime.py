@@ -17,7 +17,6 @@ import os
 import queue
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 import uuid
@@ -275,32 +274,22 @@ def oci_pull_unpack(host: str, repository: str, tag: str, work: Path, phases: Ph
 
 
 def fetch_bootstrap(host: str, repository: str, tag: str, output: Path) -> dict[str, object]:
-    """Fetch a converted image's manifest and bootstrap layer through `host`; the manifest."""
+    """Fetch a converted image's manifest and bootstrap layer through `host`; the manifest.
+
+    Read by the same rules as `nydusd --image` and `nydusify check` (`rafs.oci`)."""
     ref = ImageReference(host, repository, tag)
     client = registry_client()
     try:
         manifest = client.get_image_manifest(ref).document
-        layers = manifest["layers"]
-        assert isinstance(layers, list)
-        bootstrap_layers = [
-            layer
-            for layer in layers
-            if isinstance(layer, dict) and layer.get("annotations", {}).get(oci.ANNOTATION_NYDUS_BOOTSTRAP) == "true"
-        ]
-        if len(bootstrap_layers) != 1:
-            raise RuntimeError(f"{ref}: expected one bootstrap layer, found {len(bootstrap_layers)}")
-        data = client.read_blob(ref, str(bootstrap_layers[0]["digest"]))
+        image = oci.parse_converted_manifest(manifest, str(ref))
+        data = client.read_blob(ref, image.bootstrap_digest, max_bytes=client.options.bootstrap_size_limit)
     finally:
         client.close()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        for member in archive:
-            if member.name.removeprefix("./") == oci.BOOTSTRAP_PATH_IN_LAYER and member.isfile():
-                source = archive.extractfile(member)
-                assert source is not None
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_bytes(source.read())
-                return manifest
-    raise RuntimeError(f"{ref}: the bootstrap layer has no {oci.BOOTSTRAP_PATH_IN_LAYER}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    limit = client.options.bootstrap_size_limit
+    with oci.bootstrap_in_layer(io.BytesIO(data), limit, str(ref)) as unpacked, output.open("wb") as file:
+        shutil.copyfileobj(unpacked.stream, file)
+    return manifest
 
 
 def is_mounted(path: Path) -> bool:

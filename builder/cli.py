@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from builder import check as checks
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
-from builder.options import OneLineParser, chunk_size, read_prefetch_list, run_with_one_line_errors
+from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
 from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
 from rafs.errors import ConfigError
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create", help="build a bootstrap and blobs from layers or a directory")
     create.add_argument("sources", nargs="+", metavar="SOURCE")
     create.add_argument("--source-type", "-t", choices=SOURCE_TYPES, default="directory")
+    create.add_argument("--platform", type=platform, help="oci: OS/ARCH to pick from an index (default: the host's)")
     create.add_argument("--bootstrap", "-B", required=True)
     create.add_argument("--blob-dir", "-D", required=True)
     create.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
@@ -96,6 +97,7 @@ def run(arguments: argparse.Namespace) -> int:
             parent_bootstrap=arguments.parent_bootstrap,
             keep_whiteouts=arguments.layer,
             progress=True,
+            platforms=(arguments.platform,) if arguments.platform else (),
         )
         result = build(arguments.source_type, arguments.sources, arguments.bootstrap, arguments.blob_dir, options)
         _write_json(arguments.output_json, result.to_json())

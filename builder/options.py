@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from rafs import layout
 from rafs.errors import NydusError
+from rafs.oci import Platform
 from rafs.pathlist import read_path_list
 
 
@@ -26,6 +27,15 @@ def chunk_size(text: str) -> int:
     if not layout.is_valid_chunk_size(value):
         raise argparse.ArgumentTypeError(f"chunk size {text} is not a power of two between 0x1000 and 0x1000000")
     return value
+
+
+def platform(text: str) -> Platform:
+    """`--platform OS/ARCH[/VARIANT]`: which manifest of an image index to take."""
+    os_name, _, rest = text.partition("/")
+    architecture, _, variant = rest.partition("/")
+    if not os_name or not architecture:
+        raise argparse.ArgumentTypeError(f"platform {text!r} is not OS/ARCH[/VARIANT]")
+    return Platform(os_name, architecture, variant)
 
 
 def read_prefetch_list(path: str | None) -> tuple[bytes, ...]:
