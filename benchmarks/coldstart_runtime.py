@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import os
 import queue
@@ -31,7 +30,6 @@ import requests
 from benchmarks.coldstart_images import ENV_PATH
 from benchmarks.coldstart_services import stop_group
 from daemon.storage.registry import RegistryClient, RegistryOptions
-from rafs import oci
 from rafs.oci import ImageReference
 
 PULL_CONCURRENCY = 3  # layers downloaded at once, as containerd does by default
@@ -271,25 +269,6 @@ def oci_pull_unpack(host: str, repository: str, tag: str, work: Path, phases: Ph
 
 
 # ---- lazy: nydusd + overlayfs
-
-
-def fetch_bootstrap(host: str, repository: str, tag: str, output: Path) -> dict[str, object]:
-    """Fetch a converted image's manifest and bootstrap layer through `host`; the manifest.
-
-    Read by the same rules as `nydusd --image` and `nydusify check` (`rafs.oci`)."""
-    ref = ImageReference(host, repository, tag)
-    client = registry_client()
-    try:
-        manifest = client.get_image_manifest(ref).document
-        image = oci.parse_converted_manifest(manifest, str(ref))
-        data = client.read_blob(ref, image.bootstrap_digest, max_bytes=client.options.bootstrap_size_limit)
-    finally:
-        client.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    limit = client.options.bootstrap_size_limit
-    with oci.bootstrap_in_layer(io.BytesIO(data), limit, str(ref)) as unpacked, output.open("wb") as file:
-        shutil.copyfileobj(unpacked.stream, file)
-    return manifest
 
 
 def is_mounted(path: Path) -> bool:

@@ -16,6 +16,7 @@ from daemon.storage.registry import (
     RangeNotSatisfiable,
     RegistryBackend,
     RegistryClient,
+    RegistryError,
     RegistryOptions,
 )
 from rafs import oci
@@ -191,5 +192,6 @@ def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None
     with pytest.raises(TlsError, match="certificate not trusted"):
         verifying.read_blob(ref, sha256_digest(data))
     plain = RegistryClient(RegistryOptions(docker_config=""))  # loopback defaults to plain HTTP
-    with pytest.raises(Exception, match="HTTP 400"):
-        plain.read_blob(ref, sha256_digest(data))
+    with pytest.raises(RegistryError, match="HTTP 400") as caught:
+        plain.read_blob(ref, sha256_digest(data))  # a TLS server answers plain HTTP with 400
+    assert type(caught.value) is RegistryError and caught.value.status == 400

@@ -22,6 +22,7 @@ from daemon.storage.registry import (
     AuthError,
     BlobNotFound,
     RegistryClient,
+    RegistryError,
     RegistryOptions,
 )
 from daemon.storage.transport import RemoteUnavailable
@@ -105,15 +106,17 @@ def test_persistent_failure_gives_up_after_the_retry_limit(proxy: FaultProxy, pu
     assert proxy.count("GET", "/blobs/") == 4
 
 
-@pytest.mark.parametrize(("fault", "error"), [("404", BlobNotFound), ("403", AuthError), ("400", Exception)])
+@pytest.mark.parametrize(("fault", "error"), [("404", BlobNotFound), ("403", AuthError), ("400", RegistryError)])
 def test_client_errors_are_not_retried(
-    proxy: FaultProxy, pushed: tuple[str, bytes, bytes], fault: str, error: type[Exception]
+    proxy: FaultProxy, pushed: tuple[str, bytes, bytes], fault: str, error: type[RegistryError]
 ) -> None:
     repo, layer, _ = pushed
     ref = ImageReference.parse(f"{proxy.host}/{repo}")
     proxy.inject(fault, "/blobs/", times=5)
-    with pytest.raises(error):
+    with pytest.raises(RegistryError) as caught:
         through(proxy).read_blob_range(ref, sha256_digest(layer), 0, 10)
+    assert type(caught.value) is error
+    assert caught.value.status == int(fault)
     assert proxy.count("GET", "/blobs/") == 1
 
 
