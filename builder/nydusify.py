@@ -28,17 +28,11 @@ from builder.options import OneLineParser, chunk_size, platform, read_prefetch_l
 from daemon.storage.registry import HttpOptions, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
-from rafs.errors import NydusError
+from rafs.errors import ConvertError, ImageError
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageError, ImageReference, Platform, host_platforms, sha256_digest
+from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
 
 LAYOUT_PREFIX = "oci:"
-
-
-class ConvertError(NydusError):
-    """The source cannot be converted or the target does not check out."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, cast
 
-from rafs.errors import NydusError
+from rafs.errors import ConfigError, ImageError
 
 # Manifests and indexes.
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -64,10 +64,8 @@ _HOST_RE = re.compile(
 )
 
 
-class InvalidReference(NydusError):
+class InvalidReference(ConfigError):
     """An image reference or digest that does not parse."""
-
-    exit_code = 2
 
 
 def is_digest(text: str) -> bool:
@@ -178,12 +176,6 @@ def sha256_digest(data: bytes) -> str:
 # ---- the converted image: what `nydusify convert` pushes and every reader accepts
 
 TAR_MTIME = 0  # the bootstrap layer's tar and gzip carry no clock, for reproducible digests
-
-
-class ImageError(NydusError):
-    """A converted image that breaks the conventions (no bootstrap layer, other format, mismatch)."""
-
-    exit_code = 7
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from typing import IO, cast
 
 from daemon.storage.registry import RegistryClient
 from rafs import oci
+from rafs.errors import ImageError
 from rafs.mapped import open_bootstrap
-from rafs.oci import LAYER_OVERHEAD_BYTES, ImageError, ImageReference
+from rafs.oci import LAYER_OVERHEAD_BYTES, ImageReference
 
 log = logging.getLogger(__name__)
 

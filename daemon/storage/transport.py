@@ -41,8 +41,10 @@ READ_PIECE_BYTES = 1 << 20
 class RemoteError(BackendError):
     """A server answered in a way we cannot use; carries the URL and the HTTP status (0 if none)."""
 
-    def __init__(self, message: str, *, url: str = "", status: int = 0, blob_id: str = "") -> None:
-        super().__init__(f"{message} ({url})" if url else message, blob_id=blob_id)
+    def __init__(
+        self, message: str, *context: tuple[str, object], url: str = "", status: int = 0, blob_id: str = ""
+    ) -> None:
+        super().__init__(message, *context, ("url", url), blob_id=blob_id)
         self.url = url
         self.status = status
 

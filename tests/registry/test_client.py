@@ -10,14 +10,14 @@ import pytest
 
 from daemon.storage import backend
 from daemon.storage.registry import (
-    BlobNotFound,
     ManifestNotFound,
     Mirror,
-    RangeNotSatisfiable,
     RegistryBackend,
+    RegistryBlobNotFound,
     RegistryClient,
     RegistryError,
     RegistryOptions,
+    RegistryRangeNotSatisfied,
 )
 from rafs import oci
 from rafs.oci import ImageReference, Platform, sha256_digest
@@ -61,9 +61,9 @@ def test_range_reads_match_the_blob(registry: RunningRegistry, client: RegistryC
         length = rng.randint(1, len(blob) - offset)
         assert client.read_blob_range(ref, digest, offset, length) == blob[offset : offset + length]
     assert client.read_blob_range(ref, digest, len(blob) - 1, 1) == blob[-1:]
-    with pytest.raises(RangeNotSatisfiable):
+    with pytest.raises(RegistryRangeNotSatisfied):
         client.read_blob_range(ref, digest, len(blob) - 10, 20)
-    with pytest.raises(RangeNotSatisfiable):
+    with pytest.raises(RegistryRangeNotSatisfied):
         client.read_blob_range(ref, digest, len(blob) + 10, 5)
 
     registry_backend = RegistryBackend(client, ref)
@@ -81,7 +81,7 @@ def test_missing_things_have_named_errors(registry: RunningRegistry, client: Reg
         client.get_manifest(ref)
     assert "demo/empty" in str(manifest_error.value) and "\n" not in str(manifest_error.value)
     missing = "sha256:" + "ab" * 32
-    with pytest.raises(BlobNotFound) as blob_error:
+    with pytest.raises(RegistryBlobNotFound) as blob_error:
         client.read_blob_range(ref, missing, 0, 10)
     assert blob_error.value.digest == missing and missing in str(blob_error.value)
     assert client.blob_size(ref, missing) is None

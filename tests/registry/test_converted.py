@@ -16,8 +16,9 @@ from builder.check import unpack_to_directory
 from daemon.storage.image import fetch_bootstrap
 from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci
+from rafs.errors import ImageError
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageError, ImageReference, Platform
+from rafs.oci import ImageReference, Platform
 from tests.registry.images import make_image, push_image, sample_image, write_multi_platform_layout
 from tests.registry_fixture import RunningRegistry
 

@@ -19,8 +19,8 @@ from daemon.storage import backend
 from daemon.storage.http import HttpBackend
 from daemon.storage.options import HttpConfig, HttpOptions
 from daemon.storage.registry import (
-    AuthError,
-    BlobNotFound,
+    RegistryAuthError,
+    RegistryBlobNotFound,
     RegistryClient,
     RegistryError,
     RegistryOptions,
@@ -106,7 +106,9 @@ def test_persistent_failure_gives_up_after_the_retry_limit(proxy: FaultProxy, pu
     assert proxy.count("GET", "/blobs/") == 4
 
 
-@pytest.mark.parametrize(("fault", "error"), [("404", BlobNotFound), ("403", AuthError), ("400", RegistryError)])
+@pytest.mark.parametrize(
+    ("fault", "error"), [("404", RegistryBlobNotFound), ("403", RegistryAuthError), ("400", RegistryError)]
+)
 def test_client_errors_are_not_retried(
     proxy: FaultProxy, pushed: tuple[str, bytes, bytes], fault: str, error: type[RegistryError]
 ) -> None:

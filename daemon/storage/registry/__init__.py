@@ -13,30 +13,30 @@ from daemon.storage.registry.auth import docker_config_credentials, parse_challe
 from daemon.storage.registry.backend import RegistryBackend
 from daemon.storage.registry.client import Manifest, RegistryClient, is_loopback
 from daemon.storage.registry.errors import (
-    AuthError,
-    BlobNotFound,
     DigestMismatch,
     ManifestNotFound,
-    RangeNotSatisfiable,
+    RegistryAuthError,
+    RegistryBlobNotFound,
     RegistryError,
+    RegistryRangeNotSatisfied,
 )
 from daemon.storage.transport import RemoteError, RemoteUnavailable, TlsError
 
 __all__ = [
-    "AuthError",
-    "BlobNotFound",
     "DigestMismatch",
     "HttpOptions",
     "Manifest",
     "ManifestNotFound",
     "Mirror",
     "Proxy",
-    "RangeNotSatisfiable",
+    "RegistryAuthError",
     "RegistryBackend",
+    "RegistryBlobNotFound",
     "RegistryClient",
     "RegistryConfig",
     "RegistryError",
     "RegistryOptions",
+    "RegistryRangeNotSatisfied",
     "RemoteError",
     "RemoteUnavailable",
     "TlsError",

@@ -3,7 +3,7 @@
 Anonymous first; once a host has challenged us, every request to it carries what the challenge
 asked for: Basic with the configured or `~/.docker/config.json` credentials, or a Bearer token
 from the realm (or nydusd's `registry_token` as is), cached per scope until shortly before it
-expires. A refused login is an `AuthError` at once, never retried.
+expires. A refused login is an `RegistryAuthError` at once, never retried.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from daemon.storage.options import RegistryOptions
-from daemon.storage.registry.errors import AuthError
+from daemon.storage.registry.errors import RegistryAuthError
 from daemon.storage.transport import HttpTransport
 from rafs import oci
 from rafs.errors import ConfigError
@@ -130,7 +130,9 @@ class Authenticator:
             if challenge.scheme == "basic":
                 credentials = self._credentials(host)
                 if credentials is None:
-                    raise AuthError(f"registry {host} asks for a login and none is configured", url=host, repo=repo)
+                    raise RegistryAuthError(
+                        f"registry {host} asks for a login and none is configured", url=host, repo=repo
+                    )
                 token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
                 return {"Authorization": f"Basic {token}"}
             if self.options.registry_token:
@@ -141,7 +143,9 @@ class Authenticator:
         """A token for `repository:repo:actions` from the challenge's realm, cached until it expires."""
         realm = challenge.params.get("realm", "")
         if not realm.startswith(("http://", "https://")):
-            raise AuthError(f"registry {host} sent a Bearer challenge without a usable realm {realm!r}", repo=repo)
+            raise RegistryAuthError(
+                f"registry {host} sent a Bearer challenge without a usable realm {realm!r}", repo=repo
+            )
         service = challenge.params.get("service", "")
         scope = f"repository:{repo}:{actions}"
         key = (realm, service, scope)
@@ -160,9 +164,9 @@ class Authenticator:
         response = self.transport.request("GET", with_query(realm, **params), headers=headers)
         if response.status_code in (401, 403):
             who = f"user {credentials[0]!r}" if credentials else "anonymous access"
-            raise AuthError(f"token server refused {who}: HTTP {response.status_code}", url=realm, repo=repo)
+            raise RegistryAuthError(f"token server refused {who}: HTTP {response.status_code}", url=realm, repo=repo)
         if response.status_code != 200:
-            raise AuthError(f"token server answered HTTP {response.status_code}", url=realm, repo=repo)
+            raise RegistryAuthError(f"token server answered HTTP {response.status_code}", url=realm, repo=repo)
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token")
@@ -170,7 +174,7 @@ class Authenticator:
         except (ValueError, AttributeError, TypeError):
             token, lifetime_s = None, 0.0
         if not isinstance(token, str) or not token:
-            raise AuthError("token server sent no token", url=realm, repo=repo)
+            raise RegistryAuthError("token server sent no token", url=realm, repo=repo)
         margin_s = min(TOKEN_MARGIN_S, lifetime_s / 2)  # renew early, but keep short-lived tokens useful
         self._tokens[key] = (token, time.monotonic() + lifetime_s - margin_s)
         return token

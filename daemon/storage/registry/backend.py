@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from daemon.storage.backend import check_blob_id
 from daemon.storage.registry.client import RegistryClient
-from daemon.storage.registry.errors import BlobNotFound
+from daemon.storage.registry.errors import RegistryBlobNotFound
 from rafs.oci import ImageReference
 
 
@@ -26,7 +26,7 @@ class RegistryBackend:
         digest = self._digest(blob_id)
         size = self.client.blob_size(self.image, digest)
         if size is None:
-            raise BlobNotFound("blob not found", repo=self.image.repository, digest=digest)
+            raise RegistryBlobNotFound("blob not found", repo=self.image.repository, digest=digest)
         return size
 
     def close(self) -> None:

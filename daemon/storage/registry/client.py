@@ -28,12 +28,12 @@ from daemon.storage import backend
 from daemon.storage.options import RegistryOptions
 from daemon.storage.registry.auth import DOCKER_HUB_HOST, Authenticator, parse_challenge, with_query
 from daemon.storage.registry.errors import (
-    AuthError,
-    BlobNotFound,
     DigestMismatch,
     ManifestNotFound,
-    RangeNotSatisfiable,
+    RegistryAuthError,
+    RegistryBlobNotFound,
     RegistryError,
+    RegistryRangeNotSatisfied,
 )
 from daemon.storage.transport import (
     MAX_SMALL_BODY_BYTES,
@@ -152,7 +152,7 @@ class RegistryClient:
         retry: bool = True,
         on_success: Callable[[requests.Response], None] | None = None,
     ) -> requests.Response:
-        """One request with the auth dance: at most one 401 is answered, a second is an `AuthError`."""
+        """One request with the auth dance: at most one 401 is answered, a second is an `RegistryAuthError`."""
         sent_auth = self.auth.header(endpoint.host, repo, actions, fresh=False)
         all_headers = {**endpoint.headers, **(headers or {})}
         response = self.transport.request(
@@ -162,17 +162,17 @@ class RegistryClient:
             return response
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:
-            raise AuthError(f"{method} refused with HTTP 401 and no usable challenge", url=url, repo=repo)
+            raise RegistryAuthError(f"{method} refused with HTTP 401 and no usable challenge", url=url, repo=repo)
         known = self.auth.remember(endpoint.host, challenge)
         if sent_auth and known == challenge and challenge.scheme == "basic":
-            raise AuthError(f"registry {endpoint.host} refused the credentials", url=url, repo=repo)
+            raise RegistryAuthError(f"registry {endpoint.host} refused the credentials", url=url, repo=repo)
         retry_auth = self.auth.header(endpoint.host, repo, actions, fresh=True)
         response = self.transport.request(
             method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success
         )
         if response.status_code == 401:
             detail = _registry_message(self.transport, response)
-            raise AuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
+            raise RegistryAuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
         return response
 
     def _read(
@@ -211,9 +211,11 @@ class RegistryClient:
         status = response.status_code
         detail = _registry_message(self.transport, response)
         if status in (401, 403):
-            return AuthError(f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository)
+            return RegistryAuthError(
+                f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository
+            )
         if status == 404 and kind == "blob":
-            return BlobNotFound(
+            return RegistryBlobNotFound(
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
         if status == 404 and kind == "manifest":
@@ -221,7 +223,7 @@ class RegistryClient:
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
         if status == 416:
-            return RangeNotSatisfiable(
+            return RegistryRangeNotSatisfied(
                 f"{what}: range past the end", url=response.url, repo=ref.repository, digest=digest
             )
         return RegistryError(
@@ -381,7 +383,7 @@ class RegistryClient:
         if not result:
             raise self._fail(response, "blob", f"blob {digest} range {offset}+{length}", ref, digest)
         if len(result[0]) < length:
-            raise RangeNotSatisfiable(
+            raise RegistryRangeNotSatisfied(
                 f"blob range {offset}+{length} is past the end", url=response.url, repo=ref.repository, digest=digest
             )
         return result[0]

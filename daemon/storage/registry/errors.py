@@ -1,4 +1,9 @@
-"""The registry client's errors: each carries the URL, the repository and the digest involved."""
+"""The registry client's errors: each carries the URL, the repository and the digest involved.
+
+Where a registry failure is also a backend failure the daemon knows (a refused login, a missing
+blob, a range past the end), the class is both, so the read path maps it to an errno without
+knowing there is a registry behind it.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,17 @@ class RegistryError(RemoteError):
     """The registry refused or failed a request; carries the URL, repository and digest."""
 
     def __init__(self, message: str, *, url: str = "", status: int = 0, repo: str = "", digest: str = "") -> None:
-        context = ", ".join(part for part in (repo and f"repo {repo}", digest and f"digest {digest}") if part)
-        super().__init__(f"{message} [{context}]" if context else message, url=url, status=status)
+        super().__init__(message, ("repo", repo), ("digest", digest), url=url, status=status)
         self.repo = repo
         self.digest = digest
         self.blob_id = digest.partition(":")[2]
 
 
-class AuthError(RegistryError, backend.AuthError):
+class RegistryAuthError(RegistryError, backend.AuthError):
     """The registry or its token server refused our credentials (or we had none to offer)."""
 
 
-class BlobNotFound(RegistryError, backend.BlobNotFound):
+class RegistryBlobNotFound(RegistryError, backend.BlobNotFound):
     """The repository has no blob of that digest."""
 
 
@@ -29,7 +33,7 @@ class ManifestNotFound(RegistryError):
     """The repository has no manifest for that tag or digest."""
 
 
-class RangeNotSatisfiable(RegistryError, backend.RangeNotSatisfied):
+class RegistryRangeNotSatisfied(RegistryError, backend.RangeNotSatisfied):
     """The blob ends before the range asked for."""
 
 
