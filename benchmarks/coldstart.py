@@ -21,8 +21,8 @@ exit of the image's workload run with `runc`:
 Per run it records the phases (daemon exec, mounted, first FUSE read, workload exit), the bytes,
 HTTP requests and most requests in flight the shaper saw, the shaper's bytes over time, and, from
 `nydusd --timeline-out`, the time FUSE reads spent blocked on misses and the bytes they read.
-A mode the project cannot do yet is reported as not available, with the reason, never
-approximated. Writes `coldstart.json`, `.md`, `.png` and `-timeline.png` to benchmarks/results/
+Every mode is run: a tool that cannot do its part fails the run rather than leaving a mode out.
+Writes `coldstart.json`, `.md`, `.png` and `-timeline.png` to benchmarks/results/
 (or `--output-dir`). Needs root (runc, mounts, drop_caches), /dev/fuse, `docker-registry`, `runc`
 and apt access to build images.
 """
@@ -47,7 +47,6 @@ from benchmarks.coldstart_images import DEFAULT_CACHE, IMAGES, BuiltImage, build
 from benchmarks.coldstart_runtime import (
     Phases,
     drop_page_cache,
-    fetch_bootstrap,
     lazy_rootfs,
     oci_pull_unpack,
     overlay_rootfs,
@@ -78,12 +77,7 @@ QUICK_IMAGE = "debian-base"
 OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
 
 
-# ---- what the project can do today
-
-
-def _help(argv: list[str]) -> str:
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return completed.stdout + completed.stderr
+# ---- configs
 
 
 def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch: bool) -> dict[str, object]:
@@ -101,50 +95,6 @@ def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch
     if prefetch:
         config["fs_prefetch"] = {"enable": True}
     return config
-
-
-@dataclass(frozen=True)
-class Support:
-    """Why each mode cannot run ("" when it can), and how nydusd is to be started."""
-
-    reasons: dict[str, str]
-    image_flag: bool  # nydusd --image REF (fetches manifest and bootstrap itself)
-
-    def available(self, mode: str) -> bool:
-        return not self.reasons.get(mode, "")
-
-
-def detect_support() -> Support:
-    """Ask the installed tools, not their version numbers, what they can do."""
-    from daemon.config import parse_config
-    from rafs.errors import ConfigError
-
-    reasons = {mode: "" for mode in MODES}
-    lazy = ""
-    if shutil.which("nydusd") is None:
-        lazy = "nydusd is not installed"
-    else:
-        try:
-            parse_config(registry_backend_config("127.0.0.1:1", "probe", "/nonexistent", True))
-        except ConfigError as error:
-            lazy = f"nydusd has no registry backend yet ({error})"
-    nydusd_help = _help(["nydusd", "--help"]) if not lazy else ""
-    if not lazy and "--timeline-out" not in nydusd_help:
-        lazy = "nydusd has no --timeline-out (first read, blocked misses, bytes read)"
-    for mode in LAZY_MODES:
-        reasons[mode] = lazy
-    if not lazy:
-        missing = []
-        if "--trace-out" not in nydusd_help:
-            missing.append("nydusd --trace-out")
-        if "--prefetch-files" not in _help(["nydusify", "convert", "--help"]):
-            missing.append("nydusify convert --prefetch-files")
-        if missing:
-            reasons["lazy-prefetch"] = f"no access trace to build from ({', '.join(missing)} missing)"
-    if shutil.which("nydusify") is None:
-        for mode in LAZY_MODES:
-            reasons[mode] = reasons[mode] or "nydusify is not installed"
-    return Support(reasons, "--image" in nydusd_help)
 
 
 # ---- one image
@@ -180,21 +130,13 @@ def convert(net: Network, repository: str, target_tag: str, work: Path, prefetch
 
 def converted_sizes(net: Network, repository: str, tag: str) -> tuple[int, int]:
     """(bytes of blob layers, bytes of the bootstrap layer) of a converted image."""
+    ref = ImageReference(net.direct_host, repository, tag)
     client = registry_client()
     try:
-        manifest = client.get_image_manifest(ImageReference(net.direct_host, repository, tag)).document
+        image = oci.parse_converted_manifest(client.get_image_manifest(ref).document, str(ref))
     finally:
         client.close()
-    layers = manifest.get("layers")
-    assert isinstance(layers, list)
-    blobs = bootstrap = 0
-    for layer in layers:
-        annotations = layer.get("annotations", {})
-        if annotations.get(oci.ANNOTATION_NYDUS_BOOTSTRAP) == "true":
-            bootstrap += int(layer["size"])
-        else:
-            blobs += int(layer["size"])
-    return blobs, bootstrap
+    return sum(image.blob_sizes), image.bootstrap_size
 
 
 def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
@@ -274,7 +216,7 @@ def local_disk_start(image: Prepared, work: Path) -> Start:
 
 
 def lazy_start(
-    shaper: Shaper, image: Prepared, support: Support, tag: str, work: Path, cache_dir: Path,
+    shaper: Shaper, image: Prepared, tag: str, work: Path, cache_dir: Path,
     *, prefetch: bool = False, extra_args: tuple[str, ...] = (),
 ) -> Start:  # fmt: skip
     """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
@@ -282,14 +224,8 @@ def lazy_start(
 
     def start(phases: Phases) -> DaemonRecord:
         config = registry_backend_config(shaper.host, image.repository, str(cache_dir), prefetch)
-        if support.image_flag:  # nydusd fetches manifest and bootstrap (keeping it in its cache)
-            args = ["--image", f"{shaper.host}/{image.repository}:{tag}"]
-        else:  # the harness does, keeping the bootstrap beside the cache as nydusd would
-            path = cache_dir.parent / f"{cache_dir.name}.boot"
-            if not path.exists():
-                fetch_bootstrap(shaper.host, image.repository, tag, path)
-                phases.mark("bootstrap")
-            args = ["--bootstrap", str(path)]
+        # nydusd fetches manifest and bootstrap itself (keeping it in its cache)
+        args = ["--image", f"{shaper.host}/{image.repository}:{tag}"]
         timeline_path = work / "timeline.json"
         args += ["--timeline-out", str(timeline_path)]
         phases.mark("daemon exec")
@@ -306,7 +242,7 @@ def lazy_start(
     return start
 
 
-def run_mode(shaper: Shaper, image: Prepared, support: Support, mode: str, work: Path) -> RunRecord:
+def run_mode(shaper: Shaper, image: Prepared, mode: str, work: Path) -> RunRecord:
     """One measured start of `image` in `mode` over `shaper`'s link; its work directory removed after."""
     try:
         if mode == BASELINE:
@@ -315,24 +251,24 @@ def run_mode(shaper: Shaper, image: Prepared, support: Support, mode: str, work:
             start = local_disk_start(image, work)
         elif mode == "lazy-warm":
             assert image.warm_dir is not None
-            start = lazy_start(shaper, image, support, NYDUS_TAG, work, image.warm_dir / "cache")
+            start = lazy_start(shaper, image, NYDUS_TAG, work, image.warm_dir / "cache")
         elif mode == "lazy-prefetch":
-            start = lazy_start(shaper, image, support, PREFETCH_TAG, work, work / "cache", prefetch=True)
+            start = lazy_start(shaper, image, PREFETCH_TAG, work, work / "cache", prefetch=True)
         else:
-            start = lazy_start(shaper, image, support, NYDUS_TAG, work, work / "cache")
+            start = lazy_start(shaper, image, NYDUS_TAG, work, work / "cache")
         return measure(shaper, start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def prepare_hosts(net: Network, image: Prepared, support: Support, modes: list[str], work: Path) -> None:
+def prepare_hosts(net: Network, image: Prepared, modes: list[str], work: Path) -> None:
     """Unmeasured first runs and setup: the access trace for `lazy-prefetch`, the filled cache
     for `lazy-warm` (both over the first link), the unpacked rootfs for `local-disk`."""
     shaper = net.shapers[0]
-    if "lazy-prefetch" in modes and support.available("lazy-prefetch"):
+    if "lazy-prefetch" in modes:
         trace = work / "trace.txt"
         start = lazy_start(
-            shaper, image, support, NYDUS_TAG, work / "trace-run", work / "trace-cache",
+            shaper, image, NYDUS_TAG, work / "trace-run", work / "trace-cache",
             extra_args=("--trace-out", str(trace)),
         )  # fmt: skip
         start(Phases())
@@ -343,10 +279,10 @@ def prepare_hosts(net: Network, image: Prepared, support: Support, modes: list[s
         shutil.rmtree(work / "trace-cache", ignore_errors=True)
         convert(net, image.repository, PREFETCH_TAG, work / "convert", prefetch_files=trace)
         shutil.rmtree(work / "convert", ignore_errors=True)
-    if "lazy-warm" in modes and support.available("lazy-warm"):
+    if "lazy-warm" in modes:
         image.warm_dir = work / "warm"
         image.warm_dir.mkdir(parents=True)
-        start = lazy_start(shaper, image, support, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
+        start = lazy_start(shaper, image, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
         start(Phases())
         shutil.rmtree(work / "warm-run", ignore_errors=True)
     if "local-disk" in modes:
@@ -356,10 +292,7 @@ def prepare_hosts(net: Network, image: Prepared, support: Support, modes: list[s
             unpack_layer(layer.path, image.local_rootfs)
 
 
-def median_case(mode: str, support: Support, runs: list[RunRecord]) -> CaseRecord:
-    if not support.available(mode):
-        return {"mode": mode, "available": False, "reason": support.reasons[mode], "runs": [],
-                "median_s": None, "median_bytes_down": None}  # fmt: skip
+def median_case(mode: str, runs: list[RunRecord]) -> CaseRecord:
     return {
         "mode": mode,
         "available": True,
@@ -413,10 +346,6 @@ def _run_line(name: str, shaper: Shaper, mode: str, run: int, record: RunRecord)
 
 
 def benchmark(settings: Settings) -> Results:
-    support = detect_support()
-    for mode in settings.modes:
-        if not support.available(mode):
-            print(f"mode {mode}: not available: {support.reasons[mode]}", flush=True)
     print("building images (cached in", settings.cache_dir, ")", flush=True)
     built = [build_image(IMAGES[name], settings.cache_dir) for name in settings.images]
     records: list[ImageRecord] = []
@@ -428,14 +357,12 @@ def benchmark(settings: Settings) -> Results:
             for image in built:
                 work = root / image.spec.name
                 prepared = prepare(net, image, work)
-                prepare_hosts(net, prepared, support, settings.modes, work)
+                prepare_hosts(net, prepared, settings.modes, work)
                 for run in range(settings.runs):
                     for shaper in net.shapers:
                         for mode in settings.modes:
-                            if not support.available(mode):
-                                continue
                             case_work = work / f"{mode}-{shaper.rate_mbit:g}-{run}"
-                            record = run_mode(shaper, prepared, support, mode, case_work)
+                            record = run_mode(shaper, prepared, mode, case_work)
                             prepared.runs.setdefault((shaper.rate_mbit, mode), []).append(record)
                             print(_run_line(image.spec.name, shaper, mode, run, record), flush=True)
                 prepared.record["links"] = [
@@ -443,7 +370,7 @@ def benchmark(settings: Settings) -> Results:
                         "rtt_ms": shaper.rtt_ms,
                         "rate_mbit": shaper.rate_mbit,
                         "cases": [
-                            median_case(mode, support, prepared.runs.get((shaper.rate_mbit, mode), []))
+                            median_case(mode, prepared.runs.get((shaper.rate_mbit, mode), []))
                             for mode in settings.modes
                         ],
                     }

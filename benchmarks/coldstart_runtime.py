@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import os
 import queue
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 import uuid
@@ -32,7 +30,6 @@ import requests
 from benchmarks.coldstart_images import ENV_PATH
 from benchmarks.coldstart_services import stop_group
 from daemon.storage.registry import RegistryClient, RegistryOptions
-from rafs import oci
 from rafs.oci import ImageReference
 
 PULL_CONCURRENCY = 3  # layers downloaded at once, as containerd does by default
@@ -272,35 +269,6 @@ def oci_pull_unpack(host: str, repository: str, tag: str, work: Path, phases: Ph
 
 
 # ---- lazy: nydusd + overlayfs
-
-
-def fetch_bootstrap(host: str, repository: str, tag: str, output: Path) -> dict[str, object]:
-    """Fetch a converted image's manifest and bootstrap layer through `host`; the manifest."""
-    ref = ImageReference(host, repository, tag)
-    client = registry_client()
-    try:
-        manifest = client.get_image_manifest(ref).document
-        layers = manifest["layers"]
-        assert isinstance(layers, list)
-        bootstrap_layers = [
-            layer
-            for layer in layers
-            if isinstance(layer, dict) and layer.get("annotations", {}).get(oci.ANNOTATION_NYDUS_BOOTSTRAP) == "true"
-        ]
-        if len(bootstrap_layers) != 1:
-            raise RuntimeError(f"{ref}: expected one bootstrap layer, found {len(bootstrap_layers)}")
-        data = client.read_blob(ref, str(bootstrap_layers[0]["digest"]))
-    finally:
-        client.close()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        for member in archive:
-            if member.name.removeprefix("./") == oci.BOOTSTRAP_PATH_IN_LAYER and member.isfile():
-                source = archive.extractfile(member)
-                assert source is not None
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_bytes(source.read())
-                return manifest
-    raise RuntimeError(f"{ref}: the bootstrap layer has no {oci.BOOTSTRAP_PATH_IN_LAYER}")
 
 
 def is_mounted(path: Path) -> bool:

@@ -26,14 +26,15 @@ from builder.layers import (
     iter_directory,
     iter_tar_stream,
     normalize_path,
-    oci_layout_layers,
 )
+from builder.oci_layout import read_layout, split_reference
 from builder.outputs import give_ordinary_mode
 from builder.overlay import BuildNode, Overlay
 from rafs import layout
 from rafs.bootstrap import Bootstrap
 from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
+from rafs.oci import Platform, host_platforms
 from rafs.records import ChunkRecord
 from rafs.tree import FsNode, walk
 from rafs.writer import write_bootstrap
@@ -53,6 +54,7 @@ class BuildOptions:
     parent_bootstrap: str | None = None
     keep_whiteouts: bool = False
     progress: bool = False
+    platforms: tuple[Platform, ...] = ()  # which manifest of an OCI layout's index; empty: the host's
 
 
 @dataclass
@@ -126,7 +128,7 @@ class _Progress:
             self.stream.flush()
 
 
-def resolve_sources(source_type: str, sources: Sequence[str]) -> list[LayerSource]:
+def resolve_sources(source_type: str, sources: Sequence[str], platforms: Sequence[Platform] = ()) -> list[LayerSource]:
     """Turn the command line's sources into layers, lowest first."""
     if not sources:
         raise BuildError("no source given")
@@ -142,7 +144,8 @@ def resolve_sources(source_type: str, sources: Sequence[str]) -> list[LayerSourc
     if source_type == "oci":
         layers: list[LayerSource] = []
         for reference in sources:
-            for layer in oci_layout_layers(reference):
+            directory, tag = split_reference(reference)
+            for layer in read_layout(directory, tag, platforms or host_platforms()).layers:
                 layers.append(LayerSource(layer.digest[7:19], layer.path, "tar", layer.digest))
         return layers
     raise BuildError(f"unknown source type {source_type!r} (expected one of {', '.join(SOURCE_TYPES)})")
@@ -403,7 +406,7 @@ def build(
 ) -> BuildResult:
     """Build `sources` into `bootstrap_path` and blobs in `blob_dir`; all or nothing."""
     options = options or BuildOptions()
-    layers = resolve_sources(source_type, sources)
+    layers = resolve_sources(source_type, sources, options.platforms)
     created_blob_dir = not os.path.isdir(blob_dir)
     os.makedirs(blob_dir, exist_ok=True)
     try:

@@ -22,7 +22,7 @@ from builder.outputs import give_ordinary_mode
 from rafs import digest, layout
 from rafs.blob import decode_chunk
 from rafs.bootstrap import Bootstrap
-from rafs.errors import ChunkError, CorruptBootstrap, CorruptChunk, NydusError
+from rafs.errors import ChunkError, ConfigError, CorruptBlob, CorruptBootstrap, CorruptChunk
 from rafs.records import ChunkRecord
 
 
@@ -41,7 +41,7 @@ class BlobFiles:
             try:
                 handle = self.handles[blob_index] = open(path, "rb")  # noqa: SIM115 - closed in close()
             except FileNotFoundError:
-                raise NydusError(f"blob file {path} is missing") from None
+                raise CorruptBlob(f"blob file {path} is missing") from None
         return handle
 
     def read_chunk(self, record: ChunkRecord, chunk_index: int = -1) -> bytes:
@@ -233,7 +233,7 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
     for blob in bootstrap.blobs:
         blob_path = os.path.join(blob_dir, blob.blob_id)
         if not os.path.exists(blob_path):
-            raise NydusError(f"blob {blob.blob_id} is missing from {blob_dir}")
+            raise CorruptBlob(f"blob {blob.blob_id} is missing from {blob_dir}")
     files = BlobFiles(bootstrap, blob_dir)
     verified: set[tuple[int, int, int, int, bytes]] = set()
     try:
@@ -250,7 +250,7 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
                 try:
                     files.read_chunk(record, index)
                 except ChunkError as error:
-                    raise NydusError(f"{_show(path)}: chunk {position} of the file: {error}") from None
+                    raise error.at_path(_show(path)) from None
                 verified.add(key)
                 report.chunks_verified += 1
     finally:
@@ -263,11 +263,11 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
             while data := file.read(1 << 20):
                 sha.update(data)
         if os.path.getsize(blob_path) != blob.compressed_size:
-            raise NydusError(
+            raise CorruptBlob(
                 f"blob file {blob_path}: {os.path.getsize(blob_path)} bytes, expected {blob.compressed_size}"
             )
         if sha.hexdigest() != blob.blob_id:
-            raise NydusError(f"blob file {blob_path}: content has sha256 {sha.hexdigest()} (altered)")
+            raise CorruptBlob(f"blob file {blob_path}: content has sha256 {sha.hexdigest()} (altered)")
         report.blobs_verified += 1
     return report
 
@@ -276,7 +276,7 @@ def describe_inode(bootstrap: Bootstrap, path: str) -> dict[str, object]:
     """`inspect PATH`: metadata, xattrs, chunks and digest of one path."""
     ino = bootstrap.resolve(path)
     if ino is None:
-        raise NydusError(f"{path}: no such path in the bootstrap")
+        raise ConfigError(f"{path}: no such path in the bootstrap")
     inode = bootstrap.inode(ino)
     result: dict[str, object] = {
         "path": path,
@@ -390,10 +390,10 @@ def verify_all(bootstrap: Bootstrap) -> None:
 
 
 def _output_parent(output: str) -> str:
-    """The existing directory that will hold `output`; `NydusError` if there is none."""
+    """The existing directory that will hold `output`; an error if there is none (`ConfigError`)."""
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
-        raise NydusError(f"cannot write {output}: parent directory {parent} does not exist")
+        raise ConfigError(f"cannot write {output}: parent directory {parent} does not exist")
     return parent
 
 
@@ -409,9 +409,9 @@ def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> Non
     final_path = os.path.abspath(output)
     if os.path.lexists(final_path):
         if not os.path.isdir(final_path) or os.path.islink(final_path):
-            raise NydusError(f"cannot unpack to {output}: it exists and is not a directory")
+            raise ConfigError(f"cannot unpack to {output}: it exists and is not a directory")
         if os.listdir(final_path):
-            raise NydusError(f"cannot unpack to {output}: directory is not empty")
+            raise ConfigError(f"cannot unpack to {output}: directory is not empty")
     temp_root = tempfile.mkdtemp(dir=parent, prefix=".unpack-", suffix=".tmp")
     try:
         _write_tree(bootstrap, blob_dir, os.fsencode(temp_root))

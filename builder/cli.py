@@ -9,45 +9,28 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
 from builder import check as checks
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
+from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
 from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
-from rafs.errors import ConfigError, NydusError
+from rafs.errors import ConfigError
 from rafs.mapped import open_bootstrap
-from rafs.pathlist import read_path_list
-
-
-def _chunk_size(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid chunk size {text!r}") from None
-    if not layout.is_valid_chunk_size(value):
-        raise argparse.ArgumentTypeError(f"chunk size {text} is not a power of two between 0x1000 and 0x1000000")
-    return value
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr and exit code 2, like every other error here."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="nydus-image", description="Build and inspect lazy-loading image bootstraps.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    parser = OneLineParser(prog="nydus-image", description="Build and inspect lazy-loading image bootstraps.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     create = commands.add_parser("create", help="build a bootstrap and blobs from layers or a directory")
     create.add_argument("sources", nargs="+", metavar="SOURCE")
     create.add_argument("--source-type", "-t", choices=SOURCE_TYPES, default="directory")
+    create.add_argument("--platform", type=platform, help="oci: OS/ARCH to pick from an index (default: the host's)")
     create.add_argument("--bootstrap", "-B", required=True)
     create.add_argument("--blob-dir", "-D", required=True)
-    create.add_argument("--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
+    create.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
     create.add_argument("--compressor", "-c", choices=sorted(COMPRESSORS_BY_NAME), default="zstd")
     create.add_argument("--digester", "-d", choices=sorted(DIGESTERS_BY_NAME), default="blake3")
     create.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first and prefetch")
@@ -83,10 +66,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_prefetch_list(path: str | None) -> tuple[bytes, ...]:
-    return read_path_list(path) if path else ()
-
-
 def _write_json(path: str | None, data: dict[str, object]) -> None:
     if path:
         temp = path + ".tmp"
@@ -113,11 +92,12 @@ def run(arguments: argparse.Namespace) -> int:
             chunk_size=arguments.chunk_size,
             compressor=COMPRESSORS_BY_NAME[arguments.compressor],
             digester=DIGESTERS_BY_NAME[arguments.digester],
-            prefetch_files=_read_prefetch_list(arguments.prefetch_files),
+            prefetch_files=read_prefetch_list(arguments.prefetch_files),
             chunk_dict=arguments.chunk_dict,
             parent_bootstrap=arguments.parent_bootstrap,
             keep_whiteouts=arguments.layer,
             progress=True,
+            platforms=(arguments.platform,) if arguments.platform else (),
         )
         result = build(arguments.source_type, arguments.sources, arguments.bootstrap, arguments.blob_dir, options)
         _write_json(arguments.output_json, result.to_json())
@@ -126,7 +106,7 @@ def run(arguments: argparse.Namespace) -> int:
         )
         return 0
     if arguments.command == "merge":
-        options = BuildOptions(prefetch_files=_read_prefetch_list(arguments.prefetch_files))
+        options = BuildOptions(prefetch_files=read_prefetch_list(arguments.prefetch_files))
         result = merge(arguments.layers, arguments.bootstrap, options)
         _write_json(arguments.output_json, result.to_json())
         print(f"bootstrap {result.bootstrap}: merged {result.layers} layers, root {result.root_digest[:16]}")
@@ -190,32 +170,6 @@ def _format_info(info: dict[str, object]) -> str:
         else:
             lines.append(f"{key}: {value}")
     return "\n".join(lines)
-
-
-def describe_os_error(error: OSError) -> str:
-    """`PATH: reason` (and `-> OTHER` for two-path calls), without Python's `[Errno N]` prefix."""
-    reason = error.strerror or str(error)
-    if error.filename is None:
-        return reason
-    where = os.fsdecode(error.filename)
-    if error.filename2 is not None:
-        where += " -> " + os.fsdecode(error.filename2)
-    return f"{where}: {reason}"
-
-
-def run_with_one_line_errors(prefix: str, run: Callable[[], int]) -> int:
-    """Run a command; a project error or OS error becomes one line on stderr and its exit code."""
-    try:
-        return run()
-    except NydusError as error:
-        print(f"{prefix}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except OSError as error:
-        print(f"{prefix}: error: {describe_os_error(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import re
 import stat
@@ -18,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import zstandard
 
@@ -432,59 +431,4 @@ def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
             result[attribute.encode("utf-8", "surrogateescape")] = os.getxattr(path, attribute, follow_symlinks=False)
         except OSError:
             continue
-    return result
-
-
-@dataclass(frozen=True)
-class OciLayer:
-    """A layer blob in an OCI image layout, with the digest its manifest promises."""
-
-    path: str
-    digest: str
-    media_type: str
-
-
-def oci_layout_layers(reference: str) -> list[OciLayer]:
-    """The layers of `DIR[:tag]` in an OCI image layout, lowest first."""
-    directory, _, tag = reference.partition(":")
-    if not os.path.isdir(directory):
-        raise BuildError(f"OCI layout {directory!r} is not a directory")
-    try:
-        with open(os.path.join(directory, "index.json"), "rb") as file:
-            index = json.load(file)
-        manifests = index["manifests"]
-        chosen = None
-        for descriptor in manifests:
-            ref_name = descriptor.get("annotations", {}).get("org.opencontainers.image.ref.name")
-            if (tag and ref_name == tag) or (not tag and chosen is None):
-                chosen = descriptor
-        if chosen is None:
-            raise BuildError(f"OCI layout {directory!r} has no image tagged {tag!r}")
-        manifest = _read_json_blob(directory, chosen["digest"])
-        if "manifests" in manifest:  # an image index: take the first linux/amd64 or the first
-            nested = [m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") in (None, "amd64")]
-            manifest = _read_json_blob(directory, (nested or manifest["manifests"])[0]["digest"])
-        return [
-            OciLayer(_blob_path(directory, layer["digest"]), layer["digest"], layer.get("mediaType", ""))
-            for layer in manifest["layers"]
-        ]
-    except (OSError, KeyError, TypeError, ValueError) as error:
-        raise BuildError(f"OCI layout {directory!r} is malformed: {error}") from None
-
-
-def _blob_path(directory: str, digest: str) -> str:
-    algorithm, _, hexdigest = digest.partition(":")
-    if algorithm != "sha256" or len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
-        raise BuildError(f"unsupported or malformed digest {digest!r}")
-    return os.path.join(directory, "blobs", algorithm, hexdigest)
-
-
-def _read_json_blob(directory: str, digest: str) -> dict[str, Any]:
-    with open(_blob_path(directory, digest), "rb") as file:
-        data = file.read()
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise BuildError(f"OCI blob {digest} does not match its digest")
-    result = json.loads(data)
-    if not isinstance(result, dict):
-        raise BuildError(f"OCI blob {digest} is not a JSON object")
     return result

@@ -12,37 +12,27 @@ blob, and compares its tree inode by inode with the source's layers built afresh
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from builder.build import BuildOptions, build
 from builder.check import check as check_bootstrap
-from builder.cli import _chunk_size, _read_prefetch_list, run_with_one_line_errors
-from daemon.storage.http import HttpOptions
-from daemon.storage.registry import RegistryClient, RegistryOptions, host_platforms, sha256_digest
+from builder.oci_layout import read_layout, split_reference
+from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
+from daemon.storage.registry import HttpOptions, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
-from rafs.errors import NydusError
+from rafs.errors import ConvertError, ImageError
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageReference, Platform
+from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
 
 LAYOUT_PREFIX = "oci:"
-TAR_MTIME = 0  # the bootstrap layer's tar and gzip carry no clock, for reproducible digests
-
-
-class ConvertError(NydusError):
-    """The source cannot be converted or the target does not check out."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -84,49 +74,13 @@ class Progress:
 # ---- pulling
 
 
-def _layout_parts(reference: str) -> tuple[str, str]:
-    directory, _, tag = reference[len(LAYOUT_PREFIX) :].partition(":")
-    return directory, tag
-
-
-def _layout_json(directory: str, digest: str) -> dict[str, object]:
-    algorithm, _, hexdigest = digest.partition(":")
-    path = os.path.join(directory, "blobs", algorithm, hexdigest)
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as error:
-        raise ConvertError(f"OCI layout {directory}: blob {digest}: {error.strerror}") from None
-    if sha256_digest(data) != digest:
-        raise ConvertError(f"OCI layout {directory}: blob {digest} does not match its digest")
-    document = json.loads(data)
-    if not isinstance(document, dict):
-        raise ConvertError(f"OCI layout {directory}: blob {digest} is not a JSON object")
-    return document
-
-
 def pull_layout(reference: str, platforms: Sequence[Platform]) -> SourceImage:
-    """An `oci:DIR[:tag]` source: the builder reads the layers; we only need the config."""
-    directory, tag = _layout_parts(reference)
-    try:
-        with open(os.path.join(directory, "index.json"), "rb") as file:
-            index = json.load(file)
-        chosen = None
-        for descriptor in index["manifests"]:
-            if (tag and descriptor.get("annotations", {}).get(oci.ANNOTATION_REF_NAME) == tag) or (
-                not tag and chosen is None
-            ):
-                chosen = descriptor
-    except (OSError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ConvertError(f"OCI layout {directory}: unreadable index.json: {error}") from None
-    if chosen is None:
-        raise ConvertError(f"OCI layout {directory}: no image tagged {tag!r}")
-    manifest = _layout_json(directory, str(chosen["digest"]))
-    if "manifests" in manifest:
-        manifest = _layout_json(directory, str(oci.select_manifest(manifest, platforms)["digest"]))
-    _refuse_nydus(manifest, reference)
-    config = _layout_json(directory, str(_descriptor(manifest.get("config"))["digest"]))
-    return SourceImage("oci", (reference[len(LAYOUT_PREFIX) :],), config)
+    """An `oci:DIR[:tag]` source: the config here, the layers read by the build, both through
+    `builder.oci_layout.read_layout` with the same platforms."""
+    layout_reference = reference[len(LAYOUT_PREFIX) :]
+    directory, tag = split_reference(layout_reference)
+    image = read_layout(directory, tag, platforms)
+    return SourceImage("oci", (layout_reference,), image.config)
 
 
 def pull_registry(client: RegistryClient, ref: ImageReference, work_dir: str, progress: Progress) -> SourceImage:
@@ -179,54 +133,6 @@ def _refuse_nydus(manifest: dict[str, object], reference: str) -> None:
 # ---- building the artifact
 
 
-def bootstrap_layer(bootstrap_path: str) -> tuple[bytes, str]:
-    """The bootstrap as a tar.gz holding `image/image.boot`, and its diff_id; reproducible."""
-    with open(bootstrap_path, "rb") as file:
-        data = file.read()
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(oci.BOOTSTRAP_PATH_IN_LAYER)
-        info.size, info.mode, info.mtime = len(data), 0o644, TAR_MTIME
-        tar.addfile(info, io.BytesIO(data))
-    uncompressed = raw.getvalue()
-    return gzip.compress(uncompressed, compresslevel=9, mtime=TAR_MTIME), sha256_digest(uncompressed)
-
-
-def target_config(source_config: dict[str, object], diff_ids: list[str]) -> bytes:
-    """The source config with `rootfs.diff_ids` for the new layers; its history no longer applies."""
-    config = {key: value for key, value in source_config.items() if key != "history"}
-    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-
-
-def target_manifest(config: bytes, blobs: list[tuple[str, int]], bootstrap: bytes) -> bytes:
-    """The manifest: blob layers in the bootstrap's blob-table order, the bootstrap layer last."""
-    layers: list[dict[str, object]] = [
-        {
-            "mediaType": oci.NYDUS_BLOB,
-            "digest": f"sha256:{blob_id}",
-            "size": size,
-            "annotations": {oci.ANNOTATION_NYDUS_BLOB: "true"},
-        }
-        for blob_id, size in blobs
-    ]
-    layers.append(
-        {
-            "mediaType": oci.OCI_LAYER_GZIP,
-            "digest": sha256_digest(bootstrap),
-            "size": len(bootstrap),
-            "annotations": {oci.ANNOTATION_NYDUS_BOOTSTRAP: "true", oci.ANNOTATION_NYDUS_FS_VERSION: oci.FS_VERSION},
-        }
-    )
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": oci.OCI_MANIFEST,
-        "config": {"mediaType": oci.OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
-        "layers": layers,
-    }
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-
-
 @dataclass(frozen=True)
 class ConvertResult:
     digest: str
@@ -247,12 +153,13 @@ def convert(
     image = pull_source(client, source, work_dir, platforms, progress)
     bootstrap_path = os.path.join(work_dir, "image.boot")
     blob_dir = os.path.join(work_dir, "blobs")
-    build(image.source_type, image.sources, bootstrap_path, blob_dir, options)
+    build(image.source_type, image.sources, bootstrap_path, blob_dir, replace(options, platforms=tuple(platforms)))
     blob_ids = [blob.blob_id for blob in open_bootstrap(bootstrap_path).blobs]
     blobs = [(blob_id, os.path.getsize(os.path.join(blob_dir, blob_id))) for blob_id in blob_ids]
-    bootstrap, bootstrap_diff_id = bootstrap_layer(bootstrap_path)
-    config = target_config(image.config, [*(f"sha256:{blob_id}" for blob_id in blob_ids), bootstrap_diff_id])
-    manifest = target_manifest(config, blobs, bootstrap)
+    with open(bootstrap_path, "rb") as file:
+        bootstrap, bootstrap_diff_id = oci.pack_bootstrap_layer(file.read())
+    config = oci.converted_config(image.config, [*(f"sha256:{blob_id}" for blob_id in blob_ids), bootstrap_diff_id])
+    manifest = oci.converted_manifest(config, blobs, bootstrap)
 
     pushed = skipped = 0
     for blob_id, _ in blobs:
@@ -284,56 +191,33 @@ class CheckResult:
 def pull_converted(client: RegistryClient, target: ImageReference, work_dir: str) -> str:
     """Download a converted image's bootstrap and blobs into `work_dir`; returns the bootstrap path.
 
-    Refuses an artifact that does not follow the conventions: blob layers, then one bootstrap
-    layer annotated with our format's name, and a config whose diff_ids match.
+    The manifest is read by `rafs.oci.parse_converted_manifest` and the bootstrap layer unpacked
+    by `rafs.oci.bootstrap_in_layer`, as `nydusd --image` does, so the two accept the same
+    artifacts; beyond that, the config's diff_ids must match the layers.
     """
     os.makedirs(work_dir, exist_ok=True)
-    manifest = client.get_image_manifest(target)
-    layers = _layers(manifest.document)
-    if not layers:
-        raise ConvertError(f"{target}: manifest has no layers")
-    *blob_layers, boot_layer = layers
-    annotations = boot_layer.get("annotations")
-    if not isinstance(annotations, dict) or annotations.get(oci.ANNOTATION_NYDUS_BOOTSTRAP) != "true":
-        raise ConvertError(f"{target}: last layer is not annotated {oci.ANNOTATION_NYDUS_BOOTSTRAP}")
-    version = annotations.get(oci.ANNOTATION_NYDUS_FS_VERSION)
-    if version != oci.FS_VERSION:
-        raise ConvertError(f"{target}: bootstrap is of format {version!r}, this tool reads {oci.FS_VERSION!r}")
-    for layer in blob_layers:
-        layer_annotations = layer.get("annotations")
-        if layer.get("mediaType") != oci.NYDUS_BLOB or not isinstance(layer_annotations, dict):
-            raise ConvertError(f"{target}: layer {layer['digest']} is not a nydus blob")
-        if layer_annotations.get(oci.ANNOTATION_NYDUS_BLOB) != "true":
-            raise ConvertError(f"{target}: layer {layer['digest']} lacks {oci.ANNOTATION_NYDUS_BLOB}")
-
-    archive = client.read_blob(target, str(boot_layer["digest"]), max_bytes=client.options.bootstrap_size_limit)
-    uncompressed = gzip.decompress(archive)
-    with tarfile.open(fileobj=io.BytesIO(uncompressed)) as tar:
-        try:
-            member = tar.extractfile(oci.BOOTSTRAP_PATH_IN_LAYER)
-        except KeyError:
-            member = None
-        if member is None:
-            raise ConvertError(f"{target}: bootstrap layer holds no {oci.BOOTSTRAP_PATH_IN_LAYER}")
-        bootstrap_data = member.read()
+    where = str(target)
+    image = oci.parse_converted_manifest(client.get_image_manifest(target).document, where)
+    limit = client.options.bootstrap_size_limit
+    layer_path = os.path.join(work_dir, "image.boot.tar.gz")
+    client.download_blob(target, image.bootstrap_digest, layer_path, max_bytes=limit + oci.LAYER_OVERHEAD_BYTES)
     bootstrap_path = os.path.join(work_dir, "image.boot")
-    with open(bootstrap_path, "wb") as file:
-        file.write(bootstrap_data)
+    with (
+        open(layer_path, "rb") as layer,
+        oci.bootstrap_in_layer(layer, limit, where) as unpacked,
+        open(bootstrap_path, "wb") as output,
+    ):
+        shutil.copyfileobj(unpacked.stream, output)
+    image.check_blob_table([blob.blob_id for blob in open_bootstrap(bootstrap_path).blobs], where)
 
-    config = json.loads(client.read_blob(target, str(_descriptor(manifest.document.get("config"))["digest"])))
-    expected = [str(layer["digest"]) for layer in blob_layers] + [sha256_digest(uncompressed)]
+    config = json.loads(client.read_blob(target, image.config_digest))
     rootfs = config.get("rootfs") if isinstance(config, dict) else None
-    if not isinstance(rootfs, dict) or rootfs.get("diff_ids") != expected:
-        raise ConvertError(f"{target}: config rootfs.diff_ids do not match the layers")
-
+    if not isinstance(rootfs, dict) or rootfs.get("diff_ids") != [*image.blob_digests, unpacked.diff_id]:
+        raise ImageError(f"{target}: config rootfs.diff_ids do not match the layers")
     blob_dir = os.path.join(work_dir, "blobs")
     os.makedirs(blob_dir, exist_ok=True)
-    bootstrap_blobs = [f"sha256:{blob.blob_id}" for blob in open_bootstrap(bootstrap_path).blobs]
-    if bootstrap_blobs != [str(layer["digest"]) for layer in blob_layers]:
-        raise ConvertError(f"{target}: blob layers differ from the bootstrap's blob table")
-    for layer in blob_layers:
-        digest = str(layer["digest"])
-        client.download_blob(target, digest, os.path.join(blob_dir, digest[7:]))
+    for digest in image.blob_digests:
+        client.download_blob(target, digest, os.path.join(blob_dir, digest[len("sha256:") :]))
     return bootstrap_path
 
 
@@ -379,17 +263,9 @@ def check(
 # ---- command line
 
 
-def _platform(text: str) -> Platform:
-    os_name, _, rest = text.partition("/")
-    architecture, _, variant = rest.partition("/")
-    if not os_name or not architecture:
-        raise argparse.ArgumentTypeError(f"platform {text!r} is not OS/ARCH[/VARIANT]")
-    return Platform(os_name, architecture, variant)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nydusify", description="Convert OCI images to lazy-loading images.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="nydusify", description="Convert OCI images to lazy-loading images.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, help_text in (
         ("convert", "pull an OCI image, build it, push the converted image"),
         ("check", "verify a converted image against its source"),
@@ -399,12 +275,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--target", required=True, help="host[:port]/repo[:tag]")
         command.add_argument("--plain-http", action="store_true", help="plain HTTP (default only for loopback)")
         command.add_argument("--skip-verify", action="store_true", help="do not verify TLS certificates")
-        command.add_argument("--platform", type=_platform, help="OS/ARCH to pick from an index")
+        command.add_argument("--platform", type=platform, help="OS/ARCH to pick from an index")
         command.add_argument("--work-dir", metavar="DIR", help="keep downloads and outputs here")
         command.add_argument("--retry-limit", type=int, default=3)
         command.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a read")
         if name == "convert":
-            command.add_argument("--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
+            command.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
             command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
     return parser
 
@@ -426,7 +302,7 @@ def _run(arguments: argparse.Namespace) -> int:
         if arguments.command == "convert":
             options = BuildOptions(
                 chunk_size=arguments.chunk_size,
-                prefetch_files=_read_prefetch_list(arguments.prefetch_files),
+                prefetch_files=read_prefetch_list(arguments.prefetch_files),
                 progress=True,
             )
             result = convert(client, arguments.source, target, work_dir, options, platforms)

@@ -65,13 +65,15 @@ def default_work_dir() -> str:
 
 def fetch_image(args: argparse.Namespace) -> tuple[str, DaemonConfig, BlobBackend]:
     """For `--image`: the bootstrap fetched (or reused) from the registry, the config, the backend."""
+    from daemon.storage.backends import open_registry_backend
     from daemon.storage.image import fetch_bootstrap  # imports `requests`: only when an image is fetched
-    from daemon.storage.registry import RegistryBackend
+    from daemon.storage.options import RegistryConfig
 
     ref = ImageReference.parse(args.image)
     data = read_config_file(args.config) if args.config else None
     config = image_config(data, ref, plain_http=args.plain_http, work_dir=default_work_dir())
-    backend = RegistryBackend.from_config(config.backend.options)
+    assert isinstance(config.backend, RegistryConfig)  # image_config makes one
+    backend = open_registry_backend(config.backend)
     try:
         bootstrap = fetch_bootstrap(backend.client, ref, config.cache.work_dir)
     except BaseException:

@@ -8,33 +8,41 @@ silently ignored typo in a deployment file costs more than a refused start.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from daemon.jsonfields import Fields
+from daemon.storage.options import (
+    BackendConfig,
+    HttpConfig,
+    HttpOptions,
+    LocalFsConfig,
+    Mirror,
+    Proxy,
+    RegistryConfig,
+    RegistryOptions,
+)
 from rafs.errors import ConfigError
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, InvalidReference
 
 BACKEND_TYPES = ("localfs", "http", "registry")
 CACHE_TYPES = ("blobcache", "")
 MODES = ("direct", "cached")
-
-
-@dataclass(frozen=True)
-class LocalFsConfig:
-    """`{"type": "localfs", "config": {"dir": ...}}`: blobs are files named by id in `dir`."""
-
-    dir: str
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """`type` and its options: `localfs` for "localfs"; for "http" and "registry" the raw
-    `config` object, already checked by that backend's `from_config` when the file was read."""
-
-    type: str
-    localfs: LocalFsConfig = field(default_factory=lambda: LocalFsConfig(""))
-    options: Mapping[str, object] = field(default_factory=dict)
+HTTP_KEYS = ("timeout", "connect_timeout", "min_transfer_rate", "retry_limit", "skip_verify", "headers")
+REGISTRY_KEYS = ("scheme", "host", "repo", "auth", "registry_token", "mirrors", "proxy", "bootstrap_size_limit")
+MIRROR_KEYS = (
+    "host",
+    "headers",
+    "ping_url",
+    "health_check_interval",
+    "failure_limit",
+    "health_check_pause_elapsed",
+    "auth_through",
+)
+PROXY_KEYS = ("url", "ping_url", "check_interval", "check_pause_elapsed", "fallback", "use_http")
 
 
 @dataclass(frozen=True)
@@ -92,141 +100,181 @@ class DaemonConfig:
     readahead: ReadaheadConfig = field(default_factory=ReadaheadConfig)
 
 
-JsonObject = dict[str, object]
+def _http_options(fields: Fields) -> HttpOptions:
+    """nydusd's timeouts and retries (seconds as numbers), shared by `http` and `registry`."""
+    defaults = HttpOptions()
+    return HttpOptions(
+        timeout_s=fields.number("timeout", defaults.timeout_s),
+        connect_timeout_s=fields.number("connect_timeout", defaults.connect_timeout_s),
+        min_rate_bytes_per_s=fields.number("min_transfer_rate", defaults.min_rate_bytes_per_s),
+        retry_limit=fields.int("retry_limit", defaults.retry_limit),
+        skip_verify=fields.bool("skip_verify", False),
+        headers=fields.headers("headers"),
+    )
 
 
-def _object(value: object, where: str) -> JsonObject:
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key {where or '(top level)'}: expected an object")
-    return value
+def _url(fields: Fields, key: str, default: str | None = None) -> str:
+    url = fields.str(key, default)
+    if url and not url.startswith(("http://", "https://")):
+        raise fields.error(key, f"expected an http:// or https:// URL, got {url!r}")
+    return url
 
 
-def _only(obj: JsonObject, where: str, allowed: tuple[str, ...]) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise ConfigError(f"config key {where}{key}: unknown key")
+def _login(fields: Fields) -> tuple[str, str]:
+    """`auth`: base64 of `user:password` (empty: none)."""
+    auth = fields.str("auth", "")
+    if not auth:
+        return "", ""
+    try:
+        username, _, password = base64.b64decode(auth, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise fields.error("auth", "not base64 of user:password") from None
+    return username, password
 
 
-def _bool(obj: JsonObject, key: str, where: str, default: bool) -> bool:
-    value = obj.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key {where}{key}: expected true or false, got {value!r}")
-    return value
+def _mirror(fields: Fields) -> Mirror:
+    defaults = Mirror("")
+    host = fields.str("host")
+    if not host:
+        raise fields.error("host", "expected a URL or host[:port], got ''")
+    plain_http = None
+    if "://" in host:
+        parts = urlsplit(host)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise fields.error("host", f"expected an http:// or https:// URL or host[:port], got {host!r}")
+        plain_http, host = parts.scheme == "http", parts.netloc
+    return Mirror(
+        host=host,
+        plain_http=plain_http,
+        headers=fields.headers("headers"),
+        ping_url=_url(fields, "ping_url", ""),
+        health_check_interval_s=fields.number("health_check_interval", defaults.health_check_interval_s),
+        failure_limit=fields.int("failure_limit", defaults.failure_limit, 1),
+        health_check_pause_elapsed_s=fields.number("health_check_pause_elapsed", defaults.health_check_pause_elapsed_s),
+        auth_through=fields.bool("auth_through", False),
+    )
 
 
-def _int(obj: JsonObject, key: str, where: str, default: int, minimum: int) -> int:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config key {where}{key}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"config key {where}{key}: must be at least {minimum}, got {value}")
-    return value
+def _proxy(fields: Fields) -> Proxy | None:
+    """Nydus's `proxy` block; an empty `url` means no proxy, as in Nydus."""
+    if fields.has("dragonfly_scheduler_endpoint"):
+        raise fields.error("dragonfly_scheduler_endpoint", "Dragonfly's SDK mode is not supported; use its HTTP proxy")
+    url = _url(fields, "url", "")
+    defaults = Proxy("")
+    proxy = Proxy(
+        url=url,
+        ping_url=_url(fields, "ping_url", ""),
+        check_interval_s=fields.number("check_interval", defaults.check_interval_s),
+        check_pause_elapsed_s=fields.number("check_pause_elapsed", defaults.check_pause_elapsed_s),
+        fallback=fields.bool("fallback", defaults.fallback),
+        use_http=fields.bool("use_http", defaults.use_http),
+    )
+    return proxy if url else None
 
 
-def _str(obj: JsonObject, key: str, where: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
-    if key not in obj and default is None:
-        raise ConfigError(f"config key {where}{key}: missing")
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise ConfigError(f"config key {where}{key}: expected a string, got {value!r}")
-    if choices and value not in choices:
-        raise ConfigError(f"config key {where}{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
-    return value
+def _registry(fields: Fields) -> RegistryConfig:
+    host = fields.str("host")
+    repo = fields.str("repo")
+    if not host:
+        raise fields.error("host", "expected a registry host[:port], got ''")
+    try:
+        ImageReference.parse(f"{host}/{repo}")
+    except InvalidReference as error:
+        raise fields.error("repo", str(error)) from None
+    scheme = fields.str("scheme", "", ("", "http", "https"))
+    username, password = _login(fields)
+    mirrors = tuple(_mirror(item) for item in fields.objects("mirrors", MIRROR_KEYS))
+    proxy = _proxy(fields.object("proxy", (*PROXY_KEYS, "dragonfly_scheduler_endpoint")))
+    if mirrors and proxy is not None:
+        raise fields.error("proxy", "not allowed together with mirrors (Nydus's rule: use one or the other)")
+    options = RegistryOptions(
+        http=_http_options(fields),
+        plain_http=None if not scheme else scheme == "http",
+        username=username,
+        password=password,
+        registry_token=fields.str("registry_token", ""),
+        mirrors=mirrors,
+        proxy=proxy,
+        bootstrap_size_limit=fields.int("bootstrap_size_limit", RegistryOptions().bootstrap_size_limit, 1),
+    )
+    return RegistryConfig(host, repo, options)
 
 
-def _backend(obj: JsonObject) -> BackendConfig:
-    where = "device.backend."
-    _only(obj, where, ("type", "config"))
-    backend_type = _str(obj, "type", where, None)
+def _backend(fields: Fields) -> BackendConfig:
+    backend_type = fields.str("type")
     if backend_type not in BACKEND_TYPES:
-        raise ConfigError(f"config key {where}type: unknown backend {backend_type!r}")
-    options = _object(obj.get("config", {}), where + "config")
-    if backend_type != "localfs":
-        check_remote_backend(backend_type, options)
-        return BackendConfig(backend_type, options=options)
-    _only(options, where + "config.", ("dir",))
-    return BackendConfig(backend_type, LocalFsConfig(_str(options, "dir", where + "config.", None)))
+        raise fields.error("type", f"unknown backend {backend_type!r}")
+    if backend_type == "localfs":
+        return LocalFsConfig(fields.object("config", ("dir",)).str("dir"))
+    if backend_type == "http":
+        options = fields.object("config", ("url", *HTTP_KEYS))
+        return HttpConfig(_url(options, "url"), _http_options(options))
+    return _registry(fields.object("config", (*REGISTRY_KEYS, *HTTP_KEYS)))
 
 
-def _cache(obj: JsonObject) -> CacheConfig:
-    where = "device.cache."
-    _only(obj, where, ("type", "compressed", "config"))
-    cache_type = _str(obj, "type", where, "", CACHE_TYPES)
-    if _bool(obj, "compressed", where, False):
-        raise ConfigError(f"config key {where}compressed: only uncompressed caches are supported")
-    options = _object(obj.get("config", {}), where + "config")
-    _only(options, where + "config.", ("work_dir", "disable_indexed_map", "size_limit"))
-    _bool(options, "disable_indexed_map", where + "config.", False)
-    work_dir = _str(options, "work_dir", where + "config.", "")
+def _cache(fields: Fields) -> CacheConfig:
+    cache_type = fields.str("type", "", CACHE_TYPES)
+    if fields.bool("compressed", False):
+        raise fields.error("compressed", "only uncompressed caches are supported")
+    options = fields.object("config", ("work_dir", "disable_indexed_map", "size_limit"))
+    options.bool("disable_indexed_map", False)
+    work_dir = options.str("work_dir", "")
     if cache_type == "blobcache" and not work_dir:
-        raise ConfigError(f"config key {where}config.work_dir: missing (needed by blobcache)")
-    return CacheConfig(cache_type, work_dir, _int(options, "size_limit", where + "config.", 0, 0))
+        raise options.error("work_dir", "missing (needed by blobcache)")
+    return CacheConfig(cache_type, work_dir, options.int("size_limit", 0))
 
 
-def _prefetch(obj: JsonObject) -> PrefetchConfig:
-    where = "fs_prefetch."
-    _only(obj, where, ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
+def _prefetch(fields: Fields) -> PrefetchConfig:
     return PrefetchConfig(
-        enable=_bool(obj, "enable", where, True),
-        threads_count=_int(obj, "threads_count", where, 8, 1),
-        merging_size=_int(obj, "merging_size", where, 1 << 20, 1),
-        bandwidth_rate=_int(obj, "bandwidth_rate", where, 0, 0),
-        prefetch_all=_bool(obj, "prefetch_all", where, False),
+        enable=fields.bool("enable", True),
+        threads_count=fields.int("threads_count", 8, 1),
+        merging_size=fields.int("merging_size", 1 << 20, 1),
+        bandwidth_rate=fields.int("bandwidth_rate", 0),
+        prefetch_all=fields.bool("prefetch_all", False),
     )
 
 
-def _readahead(obj: JsonObject) -> ReadaheadConfig:
-    where = "readahead."
-    _only(obj, where, ("whole_file_max", "window_max"))
+def _readahead(fields: Fields) -> ReadaheadConfig:
     return ReadaheadConfig(
-        whole_file_max=_int(obj, "whole_file_max", where, 256 << 20, 0),
-        window_max=_int(obj, "window_max", where, 32 << 20, 0),
+        whole_file_max=fields.int("whole_file_max", 256 << 20),
+        window_max=fields.int("window_max", 32 << 20),
     )
 
 
-def check_remote_backend(backend_type: str, options: Mapping[str, object]) -> None:
-    """Have the backend read its options now, so a bad key stops the start, not the first read.
-
-    Imported here, not at the top: a local mount never pays for importing `requests`.
-    """
-    from daemon.storage.http import HttpBackend
-    from daemon.storage.registry import RegistryBackend
-
-    factory = HttpBackend.from_config if backend_type == "http" else RegistryBackend.from_config
-    factory(options).close()
+TOP_KEYS = (
+    "device",
+    "mode",
+    "digest_validate",
+    "iostats_files",
+    "enable_xattr",
+    "amplify_io",
+    "fs_prefetch",
+    "readahead",
+)
 
 
 def parse_config(data: object) -> DaemonConfig:
-    """A `DaemonConfig` from decoded JSON; `ConfigError` naming the first bad key."""
-    top = _object(data, "")
-    _only(
-        top,
-        "",
-        (
-            "device",
-            "mode",
-            "digest_validate",
-            "iostats_files",
-            "enable_xattr",
-            "amplify_io",
-            "fs_prefetch",
-            "readahead",
-        ),
-    )
-    device = _object(top.get("device"), "device") if "device" in top else {}
-    _only(device, "device.", ("backend", "cache"))
-    if "backend" not in device:
-        raise ConfigError("config key device.backend: missing")
+    """A `DaemonConfig` from decoded JSON; `ConfigError` naming the first bad key.
+
+    Every backend's options are read here, into records that import no backend: a bad key
+    stops the start, and no client is built to find out.
+    """
+    top = Fields(data, "", TOP_KEYS)
+    device = top.object("device", ("backend", "cache"))
+    if not device.has("backend"):
+        raise device.error("backend", "missing")
     return DaemonConfig(
-        backend=_backend(_object(device["backend"], "device.backend")),
-        cache=_cache(_object(device.get("cache", {}), "device.cache")),
-        mode=_str(top, "mode", "", "direct", MODES),
-        digest_validate=_bool(top, "digest_validate", "", False),
-        iostats_files=_bool(top, "iostats_files", "", False),
-        enable_xattr=_bool(top, "enable_xattr", "", True),
-        amplify_io=_int(top, "amplify_io", "", 1 << 20, 0),
-        fs_prefetch=_prefetch(_object(top.get("fs_prefetch", {}), "fs_prefetch")),
-        readahead=_readahead(_object(top.get("readahead", {}), "readahead")),
+        backend=_backend(device.object("backend", ("type", "config"))),
+        cache=_cache(device.object("cache", ("type", "compressed", "config"))),
+        mode=top.str("mode", "direct", MODES),
+        digest_validate=top.bool("digest_validate", False),
+        iostats_files=top.bool("iostats_files", False),
+        enable_xattr=top.bool("enable_xattr", True),
+        amplify_io=top.int("amplify_io", 1 << 20),
+        fs_prefetch=_prefetch(
+            top.object("fs_prefetch", ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
+        ),
+        readahead=_readahead(top.object("readahead", ("whole_file_max", "window_max"))),
     )
 
 
@@ -253,18 +301,18 @@ def image_config(data: object | None, image: ImageReference, *, plain_http: bool
     other registry options (auth, mirrors, timeouts) are kept. Without a blobcache, one in
     `work_dir` is added: the bootstrap is kept there too.
     """
-    top = dict(_object(data, "")) if data is not None else {}
-    device = dict(_object(top.get("device", {}), "device"))
-    backend = dict(_object(device.get("backend", {"type": "registry"}), "device.backend"))
-    if backend.get("type", "registry") != "registry":
-        raise ConfigError(f"config key device.backend.type: --image needs 'registry', not {backend['type']!r}")
-    options = dict(_object(backend.get("config", {}), "device.backend.config"))
+    top = dict(Fields(data if data is not None else {}, "", TOP_KEYS).value)
+    device = dict(Fields(top.get("device", {}), "device", ("backend", "cache")).value)
+    backend = Fields(device.get("backend", {"type": "registry"}), "device.backend", ("type", "config"))
+    if backend.str("type", "registry") != "registry":
+        raise backend.error("type", f"--image needs 'registry', not {backend.value['type']!r}")
+    options = dict(backend.object("config", (*REGISTRY_KEYS, *HTTP_KEYS)).value)
     options.update(host=image.registry, repo=image.repository)
     if plain_http:
         options["scheme"] = "http"
     device["backend"] = {"type": "registry", "config": options}
-    cache = _object(device.get("cache", {}), "device.cache")
-    if cache.get("type") != "blobcache":
+    cache = Fields(device.get("cache", {}), "device.cache", ("type", "compressed", "config"))
+    if cache.value.get("type") != "blobcache":
         device["cache"] = {"type": "blobcache", "config": {"work_dir": work_dir}}
     top["device"] = device
     return parse_config(top)
@@ -272,4 +320,4 @@ def image_config(data: object | None, image: ImageReference, *, plain_http: bool
 
 def default_config(blob_dir: str) -> DaemonConfig:
     """The configuration used without `--config`: blobs beside the bootstrap, memory cache."""
-    return DaemonConfig(backend=BackendConfig("localfs", LocalFsConfig(blob_dir)))
+    return DaemonConfig(backend=LocalFsConfig(blob_dir))

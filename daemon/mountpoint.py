@@ -13,15 +13,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from rafs.errors import NydusError
+from rafs.errors import MountError
 
 log = logging.getLogger(__name__)
-
-
-class MountError(NydusError):
-    """The mountpoint cannot be used."""
-
-    exit_code = 6
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,15 @@ import pyfuse3
 import trio
 
 from daemon.chunks import ChunkSource
-from daemon.config import BackendConfig, CacheConfig, DaemonConfig
+from daemon.config import CacheConfig, DaemonConfig
 from daemon.fs import RafsOperations
 from daemon.mountpoint import mounts_at, prepare_mountpoint
 from daemon.prefetch import Prefetcher
 from daemon.readahead import Readahead
 from daemon.reader import FileReader
 from daemon.storage.backend import BlobBackend
+from daemon.storage.backends import open_backend
 from daemon.storage.cache import ChunkCache, DiskChunkCache, MemoryChunkCache
-from daemon.storage.localfs import LocalFsBackend
 from daemon.timeline import Timeline
 from daemon.trace import AccessTrace
 from rafs.mapped import open_bootstrap
@@ -52,22 +52,6 @@ class ServeOptions:
     trace_out: str | None = None  # `--trace-out`: first-access order of files
     timeline_out: str | None = None  # `--timeline-out`: requests and blocked reads, for benchmarks
     started_at: float = 0.0  # when the process began (time.time()), for the timeline
-
-
-def open_backend(config: BackendConfig) -> BlobBackend:
-    """The configured backend: `localfs`, `http` (a URL prefix) or `registry`.
-
-    The remote ones are imported only when used: a local mount never imports `requests`.
-    """
-    if config.type == "http":
-        from daemon.storage.http import HttpBackend
-
-        return HttpBackend.from_config(config.options)
-    if config.type == "registry":
-        from daemon.storage.registry import RegistryBackend
-
-        return RegistryBackend.from_config(config.options)
-    return LocalFsBackend(config.localfs.dir)
 
 
 def open_cache(config: CacheConfig) -> ChunkCache:

@@ -1,7 +1,9 @@
-"""OCI vocabulary shared by the builder and the daemon: media types, annotations, image references.
+"""OCI conventions shared by the builder and the daemon: media types, annotations, image references,
+platforms, digests, and the converted-image artifact (its manifest, config and bootstrap layer).
 
-Pure data and parsing, no I/O: the registry client (`daemon.storage.registry`) and `nydusify`
-both speak these names, so they are defined once here. The Nydus annotation keys are Nydus's own
+Pure: bytes, streams and dicts in and out, no files or network. The registry client
+(`daemon.storage.registry`), `nydusd --image`, `nydusify` and the benchmarks all speak these
+names and follow these rules, so they are defined once here. The Nydus annotation keys are Nydus's own
 (so tools that look for them find a Nydus-style image), but `FS_VERSION` names this project's
 format: it is never "5" or "6", which belong to Nydus's RAFS and would make a real nydusd try to
 mount bytes it cannot read.
@@ -9,11 +11,20 @@ mount bytes it cannot read.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
+import platform
 import re
-from collections.abc import Mapping, Sequence
+import tarfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO, cast
 
-from rafs.errors import NydusError
+from rafs.errors import ConfigError, ImageError
 
 # Manifests and indexes.
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -53,10 +64,8 @@ _HOST_RE = re.compile(
 )
 
 
-class InvalidReference(NydusError):
+class InvalidReference(ConfigError):
     """An image reference or digest that does not parse."""
-
-    exit_code = 2
 
 
 def is_digest(text: str) -> bool:
@@ -135,19 +144,209 @@ def select_manifest(index: Mapping[str, object], wanted: Sequence[Platform]) -> 
     manifests = index.get("manifests")
     if not isinstance(manifests, list):
         raise InvalidReference("image index has no manifests list")
-    for platform in wanted:
+    for choice in wanted:
         for descriptor in manifests:
             if not isinstance(descriptor, dict):
                 continue
             offered = descriptor.get("platform")
             if not isinstance(offered, dict):
                 continue
-            same_variant = not platform.variant or offered.get("variant", platform.variant) == platform.variant
-            if (
-                offered.get("os") == platform.os
-                and offered.get("architecture") == platform.architecture
-                and same_variant
-            ):
+            same_variant = not choice.variant or offered.get("variant", choice.variant) == choice.variant
+            if offered.get("os") == choice.os and offered.get("architecture") == choice.architecture and same_variant:
                 return descriptor
     names = ", ".join(f"{p.os}/{p.architecture}" for p in wanted)
     raise InvalidReference(f"image index has no manifest for {names}")
+
+
+def host_platforms() -> tuple[Platform, ...]:
+    """The host's platform first, then linux/amd64 (what most single-platform images are)."""
+    machine = platform.machine().lower()
+    architecture = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+    wanted = [Platform("linux", architecture)]
+    if architecture != "amd64":
+        wanted.append(Platform("linux", "amd64"))
+    return tuple(wanted)
+
+
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest (`sha256:<hex>`) of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ---- the converted image: what `nydusify convert` pushes and every reader accepts
+
+TAR_MTIME = 0  # the bootstrap layer's tar and gzip carry no clock, for reproducible digests
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    """What a converted manifest promises: the blob layers in the bootstrap's blob-table order,
+    then the bootstrap layer, and a config."""
+
+    blob_digests: tuple[str, ...]
+    blob_sizes: tuple[int, ...]
+    bootstrap_digest: str
+    bootstrap_size: int
+    config_digest: str
+
+    def check_blob_table(self, blob_ids: Sequence[str], where: str) -> None:
+        """The bootstrap's blob table must name exactly the blob layers, in order: blob ids are
+        the layers' sha256, which is what the registry backend asks for."""
+        if tuple(f"sha256:{blob_id}" for blob_id in blob_ids) != self.blob_digests:
+            raise ImageError(f"{where}: the blob layers differ from the bootstrap's blob table")
+
+
+def _descriptor(value: object, where: str, what: str) -> tuple[str, int, Mapping[str, object]]:
+    """(digest, size, annotations) of a descriptor, each checked."""
+    if not isinstance(value, dict):
+        raise ImageError(f"{where}: {what} is not a descriptor")
+    digest, size, annotations = value.get("digest"), value.get("size", 0), value.get("annotations", {})
+    if not isinstance(digest, str) or not is_digest(digest):
+        raise ImageError(f"{where}: {what} has a malformed digest {digest!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ImageError(f"{where}: {what} has a malformed size {size!r}")
+    if not isinstance(annotations, dict):
+        raise ImageError(f"{where}: {what} has malformed annotations")
+    return digest, size, annotations
+
+
+def parse_converted_manifest(document: Mapping[str, object], where: str) -> ConvertedImage:
+    """The one reading of a converted image's manifest, for `nydusd --image`, `nydusify check`
+    and the benchmarks alike; `ImageError` for anything else. `where` names the image."""
+    layers = document.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ImageError(f"{where}: manifest has no layers")
+    *blob_layers, boot_layer = layers
+    boot_digest, boot_size, annotations = _descriptor(boot_layer, where, "the last layer")
+    if annotations.get(ANNOTATION_NYDUS_BOOTSTRAP) != "true":
+        raise ImageError(f"{where}: the last layer is not annotated {ANNOTATION_NYDUS_BOOTSTRAP}")
+    version = annotations.get(ANNOTATION_NYDUS_FS_VERSION)
+    if version != FS_VERSION:
+        raise ImageError(f"{where}: bootstrap is of format {version!r}, this project reads {FS_VERSION!r}")
+    blob_digests, blob_sizes = [], []
+    for position, layer in enumerate(blob_layers):
+        digest, size, layer_annotations = _descriptor(layer, where, f"layer {position}")
+        if not isinstance(layer, dict) or layer.get("mediaType") != NYDUS_BLOB:
+            raise ImageError(f"{where}: layer {digest} is not a nydus blob")
+        if layer_annotations.get(ANNOTATION_NYDUS_BLOB) != "true":
+            raise ImageError(f"{where}: layer {digest} lacks {ANNOTATION_NYDUS_BLOB}")
+        blob_digests.append(digest)
+        blob_sizes.append(size)
+    config_digest, _size, _annotations = _descriptor(document.get("config"), where, "config")
+    return ConvertedImage(tuple(blob_digests), tuple(blob_sizes), boot_digest, boot_size, config_digest)
+
+
+def pack_bootstrap_layer(bootstrap: bytes) -> tuple[bytes, str]:
+    """The bootstrap as a tar.gz holding `image/image.boot`, and its diff_id; reproducible."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(BOOTSTRAP_PATH_IN_LAYER)
+        info.size, info.mode, info.mtime = len(bootstrap), 0o644, TAR_MTIME
+        tar.addfile(info, io.BytesIO(bootstrap))
+    uncompressed = raw.getvalue()
+    return gzip.compress(uncompressed, compresslevel=9, mtime=TAR_MTIME), sha256_digest(uncompressed)
+
+
+class _Capped:
+    """A reader that refuses to deliver more than `limit` bytes (what stops a gzip bomb), and
+    hashes what it delivers (the layer's diff_id)."""
+
+    def __init__(self, stream: IO[bytes], limit: int, where: str) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.where = where
+        self.delivered = 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = min(size, self.limit + 1 - self.delivered) if size >= 0 else self.limit + 1
+        data = self.stream.read(wanted)
+        self.delivered += len(data)
+        if self.delivered > self.limit:
+            raise ImageError(f"{self.where}: bootstrap layer expands beyond {self.limit} bytes (bootstrap_size_limit)")
+        self.sha256.update(data)
+        return data
+
+
+# Tar headers and padding around the bootstrap: what a layer may hold beyond the bootstrap itself.
+LAYER_OVERHEAD_BYTES = 1 << 20
+_PIECE_BYTES = 1 << 20
+
+
+class UnpackedBootstrap:
+    """The bootstrap inside a layer: `stream` and `size` to read it, and once the layer has been
+    read to its end (after the `with` block), the layer's `diff_id`."""
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self.stream = stream
+        self.size = size
+        self.diff_id = ""
+
+
+@contextmanager
+def bootstrap_in_layer(layer: IO[bytes], limit: int, where: str) -> Iterator[UnpackedBootstrap]:
+    """The bootstrap inside a bootstrap layer (a tar.gz) read from `layer`.
+
+    Streamed: nothing is decompressed whole in memory, and no more than `limit` (plus the tar's
+    overhead) is decompressed at all. The layer is read to its end after the caller is done, so
+    a digest computed by `layer` covers every byte. Anything unreadable, or a bootstrap larger
+    than `limit`, is `ImageError`.
+    """
+    found: UnpackedBootstrap | None = None
+    try:
+        decompressed = cast(IO[bytes], gzip.GzipFile(fileobj=layer, mode="rb"))
+        unpacked = _Capped(decompressed, limit + LAYER_OVERHEAD_BYTES, where)
+        with tarfile.open(fileobj=cast(IO[bytes], unpacked), mode="r|") as tar:
+            for member in tar:
+                if found or member.name.removeprefix("./") != BOOTSTRAP_PATH_IN_LAYER or not member.isreg():
+                    continue
+                if member.size > limit:
+                    raise ImageError(
+                        f"{where}: bootstrap of {member.size} bytes is larger than {limit} (bootstrap_size_limit)"
+                    )
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has a stream
+                found = UnpackedBootstrap(source, member.size)
+                yield found
+        while unpacked.read(_PIECE_BYTES):
+            pass  # the tar's end padding belongs to the diff_id too
+    except (gzip.BadGzipFile, EOFError, zlib.error, tarfile.TarError) as error:
+        raise ImageError(f"{where}: bootstrap layer is not a readable tar.gz: {error}") from None
+    if found is None:
+        raise ImageError(f"{where}: bootstrap layer holds no {BOOTSTRAP_PATH_IN_LAYER}")
+    found.diff_id = "sha256:" + unpacked.sha256.hexdigest()
+
+
+def converted_config(source_config: Mapping[str, object], diff_ids: Sequence[str]) -> bytes:
+    """The source config with `rootfs.diff_ids` for the new layers; its history no longer applies."""
+    config = {key: value for key, value in source_config.items() if key != "history"}
+    config["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def converted_manifest(config: bytes, blobs: Sequence[tuple[str, int]], bootstrap_layer: bytes) -> bytes:
+    """The manifest: blob layers in the bootstrap's blob-table order, the bootstrap layer last."""
+    layers: list[dict[str, object]] = [
+        {
+            "mediaType": NYDUS_BLOB,
+            "digest": f"sha256:{blob_id}",
+            "size": size,
+            "annotations": {ANNOTATION_NYDUS_BLOB: "true"},
+        }
+        for blob_id, size in blobs
+    ]
+    layers.append(
+        {
+            "mediaType": OCI_LAYER_GZIP,
+            "digest": sha256_digest(bootstrap_layer),
+            "size": len(bootstrap_layer),
+            "annotations": {ANNOTATION_NYDUS_BOOTSTRAP: "true", ANNOTATION_NYDUS_FS_VERSION: FS_VERSION},
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": layers,
+    }
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()

@@ -1,6 +1,6 @@
 """The backend interface: "bytes a..b of blob X", nothing about files, FUSE or the event loop.
 
-Every backend (localfs now; http and registry later) implements `BlobBackend` and raises only
+Every backend (localfs, http, registry) implements `BlobBackend` and raises only
 `BackendError` subclasses, so the read path maps every failure to one errno without knowing
 which backend is behind it. Backends are synchronous and thread-safe: the daemon calls them
 from worker threads.
@@ -10,17 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rafs.errors import NydusError
-
-
-class BackendError(NydusError):
-    """A backend could not deliver the bytes asked for."""
-
-    exit_code = 4
-
-    def __init__(self, message: str, *, blob_id: str = "") -> None:
-        super().__init__(f"blob {blob_id[:16]}: {message}" if blob_id else message)
-        self.blob_id = blob_id
+from rafs.errors import BackendError as BackendError  # the branch root, part of this interface
 
 
 class BlobNotFound(BackendError):

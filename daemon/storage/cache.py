@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from daemon.storage.backend import check_blob_id
-from rafs.errors import NydusError
+from rafs.errors import CacheError as CacheError  # the branch root, raised here
 
 # compressed_offset (the key), position in the .chunks file, uncompressed size, reserved, digest
 _RECORD = struct.Struct("<QQII32s")
@@ -52,12 +52,6 @@ TOUCH_INTERVAL_S = 10.0
 EVICT_TO = 0.9  # eviction frees space down to this fraction of the limit
 
 log = logging.getLogger(__name__)
-
-
-class CacheError(NydusError):
-    """The cache directory cannot be used (permissions, full disk)."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,7 @@ def test_check_names_file_and_chunk_of_a_damaged_blob(image: tuple[bytes, str], 
     assert "chunk" in lines[0] and blob_id[:16] in lines[0]
     bootstrap = open_bootstrap(bootstrap_path)
     named = [os.fsdecode(path) for path, ino in bootstrap.walk() if bootstrap.inode(ino).is_reg]
-    assert any(f"{path}:" in lines[0] for path in named), lines[0]
+    assert any(f"path {path}, " in lines[0] for path in named), lines[0]
 
 
 def test_check_passes_on_the_intact_image(image: tuple[bytes, str], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from builder.build import BuildOptions, build, merge
 from builder.check import check
+from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers
 from tests.conftest import run_console
@@ -83,7 +84,7 @@ def test_layer_bootstrap_refuses_a_link_into_a_lower_layer(tmp_path: Path) -> No
         "nydus-image",
         ["create", "--layer", "-t", "targz", "-B", str(tmp_path / "l.boot"), "-D", str(tmp_path / "b"), paths[1]],
     )
-    assert completed.returncode == 2
+    assert completed.returncode == BuildError.exit_code
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert "new-link" in lines[0] and "d/f" in lines[0] and "build the layers together" in lines[0]

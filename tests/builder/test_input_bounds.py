@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rafs.errors import BuildError
 from tests.conftest import run_console
 
 
@@ -38,7 +39,7 @@ def refused(tmp_path: Path, member: tarfile.TarInfo, *needles: str) -> str:
     completed = run_console(
         "nydus-image", ["create", "-t", "targz", "-B", str(bootstrap), "-D", str(tmp_path / "b"), layer]
     )
-    assert completed.returncode == 2, completed.stderr
+    assert completed.returncode == BuildError.exit_code, completed.stderr
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1, completed.stderr
     assert "Traceback" not in completed.stderr

@@ -1,9 +1,8 @@
 """Source trees and images for daemon tests: a synthetic tree with every kind of entry, and a
-real Debian root from the cached `busybox-static` package (no network)."""
+real Debian root from the installed `busybox-static` package (no network, no apt cache)."""
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import shutil
@@ -11,15 +10,12 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-import pytest
-
 from builder.build import BuildOptions, build
 from builder.check import unpack_to_directory
 from rafs import layout
 from rafs.mapped import open_bootstrap
 
 MTIME_NS = 1_700_000_000_123_456_789
-DEB_CACHE = "/var/cache/apt/archives"
 
 
 @dataclass(frozen=True)
@@ -92,15 +88,42 @@ def synthetic_tree(root: str, *, seed: int = 7, files: int = 40) -> str:
     return root
 
 
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+def _copy_installed(package: str, root: str) -> None:
+    """The files of an installed Debian package, copied under `root` (as `make_example.py`
+    takes busybox from the host): the package must be installed, as scripts/install.sh does."""
+    listed = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        raise RuntimeError(f"Debian package {package} is not installed (scripts/install.sh installs it)")
+    for path in listed.stdout.splitlines():
+        if not path.startswith("/") or path == "/.":
+            continue
+        # parents resolved (merged /usr), the last component kept (a package's own symlinks stay links)
+        parent = os.path.realpath(os.path.dirname(path))
+        target = os.path.join(root + parent, os.path.basename(path))
+        if os.path.islink(path):
+            os.makedirs(root + parent, exist_ok=True)
+            if not os.path.lexists(target):
+                os.symlink(os.readlink(path), target)
+        elif os.path.isdir(path):
+            os.makedirs(root + os.path.realpath(path), exist_ok=True)
+        elif os.path.isfile(path):
+            os.makedirs(root + parent, exist_ok=True)
+            shutil.copy2(path, target)
+
+
 def debian_root(root: str, packages: tuple[str, ...] = ("busybox-static",)) -> str:
-    """A container root from cached Debian packages: `dpkg-deb -x` each, then busybox applet
+    """A container root from installed Debian packages: each one's files, then busybox applet
     links, /etc/passwd with a non-root user, a root-only file and /etc/os-release."""
     os.makedirs(root)
+    for name in MERGED_USR:  # the host's merged-/usr links, so that /bin/sh resolves as on the host
+        if os.path.islink(f"/{name}"):
+            os.symlink(os.readlink(f"/{name}"), os.path.join(root, name))
+            os.makedirs(root + os.path.realpath(f"/{name}"), exist_ok=True)
     for package in packages:
-        debs = sorted(glob.glob(os.path.join(DEB_CACHE, f"{package}_*.deb")))
-        if not debs:
-            pytest.skip(f"{package} .deb is not in {DEB_CACHE}")
-        subprocess.run(["dpkg-deb", "-x", debs[-1], root], check=True)
+        _copy_installed(package, root)
     busybox = os.path.join(root, "bin/busybox")
     if os.path.exists(busybox):
         applets = subprocess.run([busybox, "--list-full"], check=True, capture_output=True, text=True).stdout

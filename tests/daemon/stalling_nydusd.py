@@ -20,6 +20,7 @@ from daemon.cli import LOG_LEVELS, parser
 from daemon.config import load_config
 from daemon.serve import ServeOptions, serve
 from daemon.storage.localfs import LocalFsBackend
+from daemon.storage.options import LocalFsConfig
 
 log = logging.getLogger("stalling-backend")
 
@@ -47,7 +48,8 @@ def main() -> int:
     args = parser().parse_args(rest)
     logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
-    backend = StallingBackend(config.backend.localfs.dir, known.stall_flag)
+    assert isinstance(config.backend, LocalFsConfig)
+    backend = StallingBackend(config.backend.dir, known.stall_flag)
     trio.run(partial(serve, ServeOptions(args.bootstrap, args.mountpoint, config), backend=backend))
     return 0
 

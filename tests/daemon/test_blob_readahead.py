@@ -212,11 +212,15 @@ async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_f
 ) -> None:
     bootstrap, _, contents = image
     built = threading.Event()
+    finished = threading.Event()
     build = BlobOrder.build
 
     def slow_build(bootstrap: Bootstrap, blob_index: int) -> BlobOrder:
         built.wait(10)
-        return build(bootstrap, blob_index)
+        try:
+            return build(bootstrap, blob_index)
+        finally:
+            finished.set()
 
     monkeypatch.setattr(readahead, "INLINE_ORDER_CHUNKS", 0)
     monkeypatch.setattr(BlobOrder, "build", slow_build)
@@ -227,9 +231,9 @@ async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_f
         a = chunk_of(bootstrap, "a")
         assert backend.reads == [(a.compressed_offset, a.compressed_size)]
         built.set()
-        with trio.fail_after(10):
-            while policies._blob_order(0) is None:
-                await trio.sleep(0.01)
+        assert await trio.to_thread.run_sync(finished.wait, 10), "the blob order was never built"
+        await trio.testing.wait_all_tasks_blocked()  # the task that ran the build has stored its result
+        assert policies._blob_order(0) is not None
         assert await read(source, bootstrap, "b") == contents["b"]  # b, then c
         await idle(source)
         assert await read(source, bootstrap, "c") == contents["c"]

@@ -35,14 +35,21 @@ class GatedBackend(LocalFsBackend):
         self.gate.set()
         self.waiting = threading.Event()
         self.reads: list[tuple[int, int]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.in_flight = 0
         self.max_in_flight = 0
+
+    def wait_in_flight(self, count: int, timeout_s: float = 10.0) -> None:
+        """Block (in a worker thread) until `count` reads are in the backend at once."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.in_flight >= count, timeout_s):
+                raise AssertionError(f"{self.in_flight} reads in flight after {timeout_s} s, not {count}")
 
     def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.lock.notify_all()
         try:
             self.waiting.set()
             self.gate.wait(30)
@@ -237,9 +244,7 @@ async def test_requests_in_flight_reach_the_configured_concurrency(image: Image)
     requests += [source.request(p.chunk_index, p.record) for p in bootstrap.chunk_span(ino_b, 0, 4 * CHUNK)]
     async with running(source) as nursery:
         nursery.start_soon(source.fetch, requests, Priority.PREFETCH)
-        with trio.fail_after(10):
-            while backend.in_flight < 4:  # the background share: every worker but the demand one
-                await trio.sleep(0.01)
+        await trio.to_thread.run_sync(backend.wait_in_flight, 4)  # the background share: all but the demand worker
         assert source.in_flight == 4
         with trio.fail_after(10):
             reading = trio.Event()
@@ -249,8 +254,7 @@ async def test_requests_in_flight_reach_the_configured_concurrency(image: Image)
                 reading.set()
 
             nursery.start_soon(demand)
-            while backend.in_flight < 5:  # the demand worker joins: all five in flight
-                await trio.sleep(0.01)
+            await trio.to_thread.run_sync(backend.wait_in_flight, 5)  # the demand worker joins: all five
         backend.gate.set()
         with trio.fail_after(10):
             await reading.wait()

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from daemon.config import default_config, image_config, load_config, parse_config
+from daemon.storage.options import (
+    HttpConfig,
+    HttpOptions,
+    LocalFsConfig,
+    Mirror,
+    Proxy,
+    RegistryConfig,
+    RegistryOptions,
+)
 from rafs.errors import ConfigError
 from rafs.oci import ImageReference
 
@@ -28,7 +40,7 @@ FULL = {
 
 def test_full_config_is_read() -> None:
     config = parse_config(FULL)
-    assert config.backend.localfs.dir == "/blobs"
+    assert config.backend == LocalFsConfig("/blobs")
     assert (config.cache.type, config.cache.work_dir) == ("blobcache", "/cache")
     assert config.digest_validate and not config.enable_xattr and config.iostats_files
     assert config.fs_prefetch.threads_count == 2 and config.fs_prefetch.merging_size == 65536
@@ -88,26 +100,123 @@ def test_unreadable_files(tmp_path: os.PathLike[str]) -> None:
         load_config(broken)
 
 
-def test_remote_backends_are_checked_when_read() -> None:
+def registry(**options: object) -> dict[str, object]:
+    """A whole config whose backend is a registry with `options` besides host and repo."""
+    return {"device": {"backend": {"type": "registry", "config": {"host": "h:5000", "repo": "r", **options}}}}
+
+
+def test_remote_backends_are_read_into_records() -> None:
     http = parse_config({"device": {"backend": {"type": "http", "config": {"url": "http://h/blobs", "timeout": 3}}}})
-    assert http.backend.type == "http" and http.backend.options["url"] == "http://h/blobs"
-    registry = {"type": "registry", "config": {"host": "h:5000", "repo": "r", "scheme": "http", "retry_limit": 1}}
-    assert parse_config({"device": {"backend": registry}}).backend.options["repo"] == "r"
-    with pytest.raises(ConfigError, match=r"config key device[.]backend[.]config[.]host:"):
-        parse_config({"device": {"backend": {"type": "registry", "config": {"repo": "r"}}}})
-    with pytest.raises(ConfigError, match=r"config key device[.]backend[.]config[.]url:"):
-        parse_config({"device": {"backend": {"type": "http", "config": {"url": "ftp://h"}}}})
+    assert http.backend == HttpConfig("http://h/blobs", HttpOptions(timeout_s=3.0))
+    config = parse_config(registry(scheme="http", retry_limit=1, auth=base64.b64encode(b"u:p").decode()))
+    assert isinstance(config.backend, RegistryConfig)
+    assert (config.backend.host, config.backend.repo) == ("h:5000", "r")
+    options = config.backend.options
+    assert options.plain_http is True and options.http.retry_limit == 1
+    assert (options.username, options.password) == ("u", "p")
+    assert options.mirrors == () and options.proxy is None
+
+
+def test_reading_a_config_imports_no_backend() -> None:
+    """A config is checked without `requests` or a client: nothing is built to validate it."""
+    script = (
+        "import sys; from daemon.config import parse_config; "
+        f"parse_config({registry(mirrors=[{'host': 'm'}])!r}); "
+        "print(sorted(m for m in sys.modules if m == 'requests' or m.startswith('daemon.storage.registry')))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_mirrors_carry_every_nydus_key() -> None:
+    mirror = {
+        "host": "http://127.0.0.1:65001/",
+        "headers": {"X-Dragonfly-Registry": "https://h:5000"},
+        "ping_url": "http://127.0.0.1:40901/server/ping",
+        "health_check_interval": 2,
+        "failure_limit": 3,
+        "health_check_pause_elapsed": 60,
+        "auth_through": False,
+    }
+    config = parse_config(registry(mirrors=[mirror, {"host": "mirror.example.com"}]))
+    assert isinstance(config.backend, RegistryConfig)
+    assert config.backend.options.mirrors == (
+        Mirror(
+            host="127.0.0.1:65001",
+            plain_http=True,
+            headers={"X-Dragonfly-Registry": "https://h:5000"},
+            ping_url="http://127.0.0.1:40901/server/ping",
+            health_check_interval_s=2.0,
+            failure_limit=3,
+            health_check_pause_elapsed_s=60.0,
+        ),
+        Mirror("mirror.example.com"),
+    )
+
+
+def test_proxy_carries_every_nydus_key() -> None:
+    proxy = {
+        "url": "http://127.0.0.1:65001",
+        "ping_url": "http://127.0.0.1:40901/server/ping",
+        "check_interval": 1,
+        "check_pause_elapsed": 30,
+        "fallback": False,
+        "use_http": True,
+    }
+    config = parse_config(registry(proxy=proxy))
+    assert isinstance(config.backend, RegistryConfig)
+    assert config.backend.options.proxy == Proxy(
+        "http://127.0.0.1:65001", "http://127.0.0.1:40901/server/ping", 1.0, 30.0, fallback=False, use_http=True
+    )
+    empty = parse_config(registry(proxy={"url": ""}))  # Nydus's way of saying "no proxy"
+    assert isinstance(empty.backend, RegistryConfig) and empty.backend.options.proxy is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (registry(mirrors=[{"host": "m", "weight": 1}]), r"config key device\.backend\.config\.mirrors\[0\]\.weight:"),
+        (registry(mirrors=[{"headers": {}}]), r"config key device\.backend\.config\.mirrors\[0\]\.host: missing"),
+        (registry(mirrors=[{"host": "m", "failure_limit": 0}]), r"mirrors\[0\]\.failure_limit: must be at least 1"),
+        (registry(mirrors={"host": "m"}), r"config key device\.backend\.config\.mirrors: expected a list"),
+        (registry(timeout="soon"), r"config key device\.backend\.config\.timeout:"),
+        (registry(auth="not base64!"), r"config key device\.backend\.config\.auth: not base64"),
+        (registry(repo="Bad Repo"), r"config key device\.backend\.config\.repo:"),
+        (registry(proxy={"url": "ftp://p"}), r"config key device\.backend\.config\.proxy\.url:"),
+        (registry(proxy={"url": "http://p", "dragonfly_scheduler_endpoint": "http://s"}), r"proxy\.dragonfly_sch"),
+        (
+            registry(proxy={"url": "http://p"}, mirrors=[{"host": "m"}]),
+            r"config key device\.backend\.config\.proxy: not allowed together with mirrors",
+        ),
+        (
+            {"device": {"backend": {"type": "registry", "config": {"repo": "r"}}}},
+            r"config key device\.backend\.config\.host: missing",
+        ),
+        (
+            {"device": {"backend": {"type": "http", "config": {"url": "ftp://h"}}}},
+            r"config key device\.backend\.config\.url:",
+        ),
+        (
+            {"device": {"backend": {"type": "http", "config": {"url": "http://h", "proxy": {}}}}},
+            r"config key device\.backend\.config\.proxy: unknown key",
+        ),
+    ],
+)
+def test_bad_remote_backend_key_is_named(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config)
 
 
 def test_image_config_takes_host_and_repo_from_the_reference() -> None:
     ref = ImageReference.parse("127.0.0.1:5000/library/app:1")
     config = image_config(None, ref, plain_http=True, work_dir="/cache")
-    assert config.backend.type == "registry"
-    assert dict(config.backend.options) == {"host": "127.0.0.1:5000", "repo": "library/app", "scheme": "http"}
+    assert config.backend == RegistryConfig("127.0.0.1:5000", "library/app", RegistryOptions(plain_http=True))
     assert (config.cache.type, config.cache.work_dir) == ("blobcache", "/cache")
     given = {"device": {"backend": {"type": "registry", "config": {"retry_limit": 5}}}, "digest_validate": True}
     kept = image_config(given, ref, plain_http=False, work_dir="/cache")
-    assert kept.backend.options["retry_limit"] == 5 and "scheme" not in kept.backend.options
+    assert isinstance(kept.backend, RegistryConfig)
+    assert kept.backend.options.http.retry_limit == 5 and kept.backend.options.plain_http is None
+    assert kept.digest_validate
     with pytest.raises(ConfigError, match="--image needs 'registry'"):
         image_config({"device": {"backend": {"type": "localfs"}}}, ref, plain_http=False, work_dir="/c")
 

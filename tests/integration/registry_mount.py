@@ -13,8 +13,8 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
-from rafs.oci import ImageReference
+from daemon.storage.registry import RegistryClient, RegistryOptions
+from rafs.oci import ImageReference, sha256_digest
 from tests.daemon.nydusd import REPO, Daemon, force_unmount, start_daemon
 from tests.reference import walk_directory
 from tests.registry.images import image_of_layers, push_image

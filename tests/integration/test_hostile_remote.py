@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
+from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, sha256_digest
 from tests.daemon.images import Image, build_image, synthetic_tree
 from tests.daemon.nydusd import force_unmount, mounted, requires_fuse
 from tests.registry_fixture import RunningRegistry, registry

@@ -294,11 +294,10 @@ def test_unmount_during_reads_leaves_no_hung_processes(many_files: Image, tmp_pa
             assert daemon.stop(signal.SIGTERM, timeout_s=60) == 0
             assert not is_mounted(mountpoint)
             for reader in readers:
-                reader.wait(60)
-    finally:
+                reader.wait(60)  # a reader hung after the unmount fails here (TimeoutExpired)
+    finally:  # cleanup only: an assertion here would hide the first failure
         for reader in readers:
             if reader.poll() is None:
                 reader.kill()
                 reader.wait()
-                raise AssertionError("a reader hung after unmount")
         force_unmount(mountpoint)

@@ -1,11 +1,14 @@
 """C == pure: every native function and its twin on the same inputs, outputs and exception types.
 
-Runs only where the extension is built (`pip install -e .`); `test_backend_is_c` says so loudly.
+The extension must be built (`pip install -e .`): `test_the_c_extension_is_built` fails without it.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 
 import lz4.block
@@ -37,14 +40,28 @@ def outcome(function: Callable[[], object]) -> tuple[str, object]:
         return "error", type(error)
 
 
-def test_backend_is_c() -> None:
-    if _cffi is None:
-        pytest.skip("the C extension is not built, so backend is expected to be 'pure'")
+def test_backend_is_the_one_rafs_native_asks_for() -> None:
+    """`RAFS_NATIVE=c` runs on C or not at all; `pure` on the twin; `auto` on C when it is built."""
     import native
 
-    if native.backend == "pure":
-        pytest.skip("RAFS_NATIVE=pure forces the twin in this run")
-    assert native.backend == "c"
+    requested = os.environ.get("RAFS_NATIVE", "auto").strip().lower() or "auto"
+    expected = {"c": "c", "pure": "pure"}.get(requested, "c" if _cffi is not None else "pure")
+    assert native.backend == expected
+    if requested == "c":
+        assert _cffi is not None, "RAFS_NATIVE=c, but the C extension native._rafs_native does not import"
+
+
+def test_the_c_extension_is_built() -> None:
+    """Both passes of the suite need it (the pure pass compares against it too): asked for in a
+    fresh interpreter, `RAFS_NATIVE=c` must give C, whatever this run's backend is."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import native; print(native.backend)"],
+        env={**os.environ, "RAFS_NATIVE": "c"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (probe.returncode, probe.stdout.strip()) == (0, "c"), probe.stderr[-2000:]
 
 
 def test_layout_constants_agree() -> None:

@@ -11,9 +11,9 @@ import random
 import tarfile
 from dataclasses import dataclass
 
-from daemon.storage.registry import RegistryClient, sha256_digest
+from daemon.storage.registry import RegistryClient
 from rafs import oci
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, sha256_digest
 
 # path -> bytes (file), None (directory), ("symlink", target), ("hardlink", target)
 LayerSpec = dict[str, object]
@@ -56,15 +56,15 @@ class OciImage:
         return sha256_digest(self.manifest)
 
 
-def make_image(specs: list[LayerSpec]) -> OciImage:
-    return image_of_layers([make_layer(spec) for spec in specs])
+def make_image(specs: list[LayerSpec], architecture: str = "amd64") -> OciImage:
+    return image_of_layers([make_layer(spec) for spec in specs], architecture)
 
 
-def image_of_layers(made: list[tuple[bytes, str]]) -> OciImage:
+def image_of_layers(made: list[tuple[bytes, str]], architecture: str = "amd64") -> OciImage:
     """An image of gzip layers given with their diff_ids (see `make_layer`)."""
     layers, diff_ids = zip(*made, strict=True)
     config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/tool"], "Labels": {"test": "yes"}},
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
@@ -116,23 +116,37 @@ def push_image(client: RegistryClient, ref: ImageReference, image: OciImage) -> 
 
 def write_oci_layout(directory: str, image: OciImage, tag: str = "latest") -> None:
     """`directory` as an OCI image layout holding `image` under `tag`."""
+    _write_layout(directory, [image], image.manifest, oci.OCI_MANIFEST, tag)
+
+
+def write_multi_platform_layout(directory: str, images: dict[str, OciImage], tag: str = "latest") -> None:
+    """`directory` as an OCI image layout whose `tag` is an index of `images` by linux/ARCH."""
+    entries = [
+        {
+            "mediaType": oci.OCI_MANIFEST,
+            "digest": image.digest,
+            "size": len(image.manifest),
+            "platform": {"os": "linux", "architecture": architecture},
+        }
+        for architecture, image in images.items()
+    ]
+    index = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries}).encode()
+    _write_layout(directory, list(images.values()), index, oci.OCI_INDEX, tag)
+
+
+def _write_layout(directory: str, images: list[OciImage], top: bytes, top_type: str, tag: str) -> None:
     blobs = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
-    for blob in (*image.layers, image.config, image.manifest):
+    for blob in (top, *(blob for image in images for blob in (*image.layers, image.config, image.manifest))):
         with open(os.path.join(blobs, hashlib.sha256(blob).hexdigest()), "wb") as file:
             file.write(blob)
     with open(os.path.join(directory, "oci-layout"), "w") as file:
         json.dump({"imageLayoutVersion": "1.0.0"}, file)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": oci.OCI_MANIFEST,
-                "digest": image.digest,
-                "size": len(image.manifest),
-                "annotations": {oci.ANNOTATION_REF_NAME: tag},
-            }
-        ],
+    descriptor = {
+        "mediaType": top_type,
+        "digest": sha256_digest(top),
+        "size": len(top),
+        "annotations": {oci.ANNOTATION_REF_NAME: tag},
     }
     with open(os.path.join(directory, "index.json"), "w") as file:
-        json.dump(index, file)
+        json.dump({"schemaVersion": 2, "manifests": [descriptor]}, file)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.storage.http import HttpOptions
-from daemon.storage.registry import AuthError, RegistryClient, RegistryOptions, sha256_digest
-from rafs.oci import ImageReference
+from daemon.storage.options import HttpOptions
+from daemon.storage.registry import RegistryAuthError, RegistryClient, RegistryOptions
+from rafs.oci import ImageReference, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry
@@ -38,9 +38,9 @@ def write_docker_config(directory: Path, host: str, username: str, password: str
     return path
 
 
-def assert_fails_fast(call: object, match: str) -> AuthError:
+def assert_fails_fast(call: object, match: str) -> RegistryAuthError:
     started = time.monotonic()
-    with pytest.raises(AuthError, match=match) as caught:
+    with pytest.raises(RegistryAuthError, match=match) as caught:
         call()  # type: ignore[operator]
     assert time.monotonic() - started < 3, "a refused login must not be retried"
     assert "\n" not in str(caught.value)
@@ -92,7 +92,7 @@ def test_nydusify_reports_wrong_credentials_in_one_line(basic_registry: RunningR
         )  # fmt: skip
     finally:
         proxy.stop()
-    assert result.returncode == AuthError.exit_code, result.stderr
+    assert result.returncode == RegistryAuthError.exit_code, result.stderr
     assert result.stderr.count("\n") == 1 and "refused the credentials" in result.stderr, result.stderr
     assert proxy.count("GET", "/manifests/") == 2, "one anonymous try, one with the login, no retries"
 

@@ -10,17 +10,17 @@ import pytest
 
 from daemon.storage import backend
 from daemon.storage.registry import (
-    BlobNotFound,
     ManifestNotFound,
     Mirror,
-    RangeNotSatisfiable,
     RegistryBackend,
+    RegistryBlobNotFound,
     RegistryClient,
+    RegistryError,
     RegistryOptions,
-    sha256_digest,
+    RegistryRangeNotSatisfied,
 )
 from rafs import oci
-from rafs.oci import ImageReference, Platform
+from rafs.oci import ImageReference, Platform, sha256_digest
 from tests.registry.images import make_image, push_image, sample_image
 from tests.registry_fixture import RunningRegistry, free_port
 
@@ -61,9 +61,9 @@ def test_range_reads_match_the_blob(registry: RunningRegistry, client: RegistryC
         length = rng.randint(1, len(blob) - offset)
         assert client.read_blob_range(ref, digest, offset, length) == blob[offset : offset + length]
     assert client.read_blob_range(ref, digest, len(blob) - 1, 1) == blob[-1:]
-    with pytest.raises(RangeNotSatisfiable):
+    with pytest.raises(RegistryRangeNotSatisfied):
         client.read_blob_range(ref, digest, len(blob) - 10, 20)
-    with pytest.raises(RangeNotSatisfiable):
+    with pytest.raises(RegistryRangeNotSatisfied):
         client.read_blob_range(ref, digest, len(blob) + 10, 5)
 
     registry_backend = RegistryBackend(client, ref)
@@ -81,7 +81,7 @@ def test_missing_things_have_named_errors(registry: RunningRegistry, client: Reg
         client.get_manifest(ref)
     assert "demo/empty" in str(manifest_error.value) and "\n" not in str(manifest_error.value)
     missing = "sha256:" + "ab" * 32
-    with pytest.raises(BlobNotFound) as blob_error:
+    with pytest.raises(RegistryBlobNotFound) as blob_error:
         client.read_blob_range(ref, missing, 0, 10)
     assert blob_error.value.digest == missing and missing in str(blob_error.value)
     assert client.blob_size(ref, missing) is None
@@ -159,24 +159,28 @@ def test_mirror_first_then_origin(registry: RunningRegistry, tmp_path: Path) -> 
 
 
 def test_backend_from_nydusd_config(registry: RunningRegistry, client: RegistryClient) -> None:
+    from daemon.config import parse_config
+    from daemon.storage.backends import open_backend
     from rafs.errors import ConfigError
 
     image = sample_image()
     ref = ImageReference.parse(f"{registry.host}/demo/config")
     push_image(client, ref, image)
-    config = {"host": registry.host, "repo": "demo/config", "scheme": "http", "timeout": 5, "retry_limit": 1}
-    configured = RegistryBackend.from_config(config)
+    options = {"host": registry.host, "repo": "demo/config", "scheme": "http", "timeout": 5, "retry_limit": 1}
+    config = parse_config({"device": {"backend": {"type": "registry", "config": options}}})
+    configured = open_backend(config.backend)
     try:
         layer = image.layers[1]
         assert configured.read_range(sha256_digest(layer)[7:], 0, 64) == layer[:64]
     finally:
         configured.close()
     with pytest.raises(ConfigError, match=r"device\.backend\.config\.colour"):
-        RegistryBackend.from_config({**config, "colour": "blue"})
+        parse_config({"device": {"backend": {"type": "registry", "config": {**options, "colour": "blue"}}}})
 
 
 def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None:
-    from daemon.storage.http import HttpOptions, TlsError
+    from daemon.storage.options import HttpOptions
+    from daemon.storage.transport import TlsError
 
     ref = ImageReference.parse(f"{tls_registry.host}/secure/app")
     data = b"over https"
@@ -188,5 +192,6 @@ def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None
     with pytest.raises(TlsError, match="certificate not trusted"):
         verifying.read_blob(ref, sha256_digest(data))
     plain = RegistryClient(RegistryOptions(docker_config=""))  # loopback defaults to plain HTTP
-    with pytest.raises(Exception, match="HTTP 400"):
-        plain.read_blob(ref, sha256_digest(data))
+    with pytest.raises(RegistryError, match="HTTP 400") as caught:
+        plain.read_blob(ref, sha256_digest(data))  # a TLS server answers plain HTTP with 400
+    assert type(caught.value) is RegistryError and caught.value.status == 400

@@ -12,11 +12,12 @@ import pytest
 
 from builder import nydusify
 from builder.build import BuildOptions
-from daemon.storage.registry import RegistryClient, RegistryOptions, sha256_digest
+from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci
 from rafs.blob import decode_chunk
+from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
-from rafs.oci import ImageReference
+from rafs.oci import ImageReference, sha256_digest
 from tests.registry.images import image_of_layers, make_image, push_image, sample_image, write_oci_layout
 from tests.registry_fixture import RunningRegistry, free_port
 
@@ -170,7 +171,7 @@ def test_convert_of_a_corrupt_source_layer_names_it_and_pushes_nothing(
     push_image(client, source, broken)
     target = f"{registry.host}/broken/app:nydus"
     completed = run_nydusify("convert", "--source", str(source), "--target", target, "--work-dir", str(tmp_path / "w"))
-    assert completed.returncode == 2
+    assert completed.returncode == BuildError.exit_code
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1, completed.stderr
     assert sha256_digest(broken_layer)[7:19] in lines[0] and "bin/tool" in lines[0]

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.storage.http import HttpBackend
-from daemon.storage.registry import RegistryBackend, docker_config_credentials, is_loopback, parse_challenge
+from daemon.storage.registry import docker_config_credentials, is_loopback, parse_challenge
 from rafs.errors import ConfigError
 from rafs.oci import ImageReference, InvalidReference
 
@@ -78,28 +77,3 @@ def test_docker_config_logins(tmp_path: Path) -> None:
     config.write_text("{not json")
     with pytest.raises(ConfigError, match="docker config"):
         docker_config_credentials(str(config), "x")
-
-
-def test_backend_configs_name_the_bad_key() -> None:
-    with pytest.raises(ConfigError, match=r"config\.host"):
-        RegistryBackend.from_config({"repo": "a"})
-    with pytest.raises(ConfigError, match=r"config\.timeout"):
-        RegistryBackend.from_config({"host": "127.0.0.1:1", "repo": "a", "timeout": "soon"})
-    with pytest.raises(ConfigError, match=r"mirrors\[0\]\.weight"):
-        RegistryBackend.from_config({"host": "127.0.0.1:1", "repo": "a", "mirrors": [{"host": "m", "weight": 1}]})
-    with pytest.raises(ConfigError, match=r"config\.url"):
-        HttpBackend.from_config({"url": "ftp://x"})
-    with pytest.raises(ConfigError, match=r"config\.proxy"):
-        HttpBackend.from_config({"url": "http://127.0.0.1:1", "proxy": {}})
-    configured = RegistryBackend.from_config(
-        {
-            "host": "127.0.0.1:1",
-            "repo": "team/app",
-            "auth": base64.b64encode(b"u:p").decode(),
-            "mirrors": [{"host": "http://127.0.0.1:2", "headers": {"X-Mirror": "1"}}],
-        }
-    )
-    assert configured.client.options.username == "u" and configured.client.options.password == "p"
-    assert configured.client.options.mirrors[0].host == "127.0.0.1:2"
-    assert configured.client.options.mirrors[0].plain_http is True
-    configured.close()

@@ -16,15 +16,17 @@ import pytest
 from builder import nydusify
 from builder.build import BuildOptions
 from daemon.storage import backend
-from daemon.storage.http import HttpBackend, HttpOptions, RemoteUnavailable
+from daemon.storage.http import HttpBackend
+from daemon.storage.options import HttpConfig, HttpOptions
 from daemon.storage.registry import (
-    AuthError,
-    BlobNotFound,
+    RegistryAuthError,
+    RegistryBlobNotFound,
     RegistryClient,
+    RegistryError,
     RegistryOptions,
-    sha256_digest,
 )
-from rafs.oci import ImageReference, Platform
+from daemon.storage.transport import RemoteUnavailable
+from rafs.oci import ImageReference, Platform, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry
@@ -104,15 +106,19 @@ def test_persistent_failure_gives_up_after_the_retry_limit(proxy: FaultProxy, pu
     assert proxy.count("GET", "/blobs/") == 4
 
 
-@pytest.mark.parametrize(("fault", "error"), [("404", BlobNotFound), ("403", AuthError), ("400", Exception)])
+@pytest.mark.parametrize(
+    ("fault", "error"), [("404", RegistryBlobNotFound), ("403", RegistryAuthError), ("400", RegistryError)]
+)
 def test_client_errors_are_not_retried(
-    proxy: FaultProxy, pushed: tuple[str, bytes, bytes], fault: str, error: type[Exception]
+    proxy: FaultProxy, pushed: tuple[str, bytes, bytes], fault: str, error: type[RegistryError]
 ) -> None:
     repo, layer, _ = pushed
     ref = ImageReference.parse(f"{proxy.host}/{repo}")
     proxy.inject(fault, "/blobs/", times=5)
-    with pytest.raises(error):
+    with pytest.raises(RegistryError) as caught:
         through(proxy).read_blob_range(ref, sha256_digest(layer), 0, 10)
+    assert type(caught.value) is error
+    assert caught.value.status == int(fault)
     assert proxy.count("GET", "/blobs/") == 1
 
 
@@ -193,7 +199,7 @@ def test_http_backend_ranges_and_retries(blob_server: tuple[str, Path], registry
     (directory / blob_id).write_bytes(data)
     proxy = FaultProxy(host)
     try:
-        http_backend = HttpBackend(f"http://{proxy.host}/", QUICK)
+        http_backend = HttpBackend(HttpConfig(f"http://{proxy.host}/", QUICK))
         assert http_backend.read_range(blob_id, 500, 1000) == data[500:1500]
         assert http_backend.blob_size(blob_id) == len(data)
         proxy.inject("500", blob_id)
@@ -210,6 +216,6 @@ def test_http_backend_ranges_and_retries(blob_server: tuple[str, Path], registry
     finally:
         proxy.stop()
 
-    registry_prefix = HttpBackend(f"http://{registry.host}/v2/none/blobs", QUICK)
+    registry_prefix = HttpBackend(HttpConfig(f"http://{registry.host}/v2/none/blobs", QUICK))
     with pytest.raises(backend.BlobNotFound):
         registry_prefix.read_range("../" + "a" * 61, 0, 1)

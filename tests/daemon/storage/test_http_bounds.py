@@ -9,15 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from daemon.config import parse_config
 from daemon.storage.backend import BackendError, TransientError
-from daemon.storage.http import (
-    BodyTooLarge,
-    HttpBackend,
-    HttpOptions,
-    HttpTransport,
-    RequestFailed,
-    http_options_from_config,
-)
+from daemon.storage.http import HttpBackend
+from daemon.storage.options import HttpConfig, HttpOptions
+from daemon.storage.transport import BodyTooLarge, HttpTransport, RequestFailed
 from rafs.errors import ConfigError
 
 Reply = Callable[[BaseHTTPRequestHandler], None]
@@ -75,7 +71,7 @@ def test_a_trickled_range_is_abandoned_then_unavailable(server: Callable[[Reply]
             handler.wfile.write(b"x")
             handler.wfile.flush()
 
-    backend = HttpBackend(server(trickle), fast(min_rate_bytes_per_s=1000))
+    backend = HttpBackend(HttpConfig(server(trickle), fast(min_rate_bytes_per_s=1000)))
     with pytest.raises(TransientError, match="too slow"):
         backend.read_range(BLOB, 0, 100)  # allowed 1 s + 100 B / 1000 B/s per attempt; takes 20 s
     backend.close()
@@ -88,7 +84,7 @@ def test_a_range_longer_than_asked_is_refused(server: Callable[[Reply], str]) ->
         handler.end_headers()
         handler.wfile.write(b"y" * 1000)
 
-    backend = HttpBackend(server(generous), fast())
+    backend = HttpBackend(HttpConfig(server(generous), fast()))
     with pytest.raises(BodyTooLarge):
         backend.read_range(BLOB, 0, 10)
     backend.close()
@@ -102,7 +98,7 @@ def test_a_whole_blob_for_a_range_is_read_only_up_to_the_range(server: Callable[
         for _ in range(64):
             handler.wfile.write(bytes(range(256)) * 4096)
 
-    backend = HttpBackend(server(whole), fast())
+    backend = HttpBackend(HttpConfig(server(whole), fast()))
     assert backend.read_range(BLOB, 300, 10) == bytes(range(44, 54))
     backend.close()
 
@@ -130,7 +126,7 @@ def test_redirects_nowhere_are_backend_errors(server: Callable[[Reply], str], lo
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    backend = HttpBackend(server(redirect) + "/same", fast())
+    backend = HttpBackend(HttpConfig(server(redirect) + "/same", fast()))
     with pytest.raises(RequestFailed, match=needle) as raised:
         backend.read_range(BLOB, 0, 10)
     assert isinstance(raised.value, BackendError)
@@ -150,14 +146,19 @@ def test_compressed_answers_are_never_decompressed(server: Callable[[Reply], str
         handler.end_headers()
         handler.wfile.write(b"\x1f\x8b\x08\x00")
 
-    backend = HttpBackend(server(gzipped), fast())
+    backend = HttpBackend(HttpConfig(server(gzipped), fast()))
     assert backend.read_range(BLOB, 0, 4) == b"\x1f\x8b\x08\x00"
     assert seen == ["identity"]
     backend.close()
 
 
 def test_min_transfer_rate_is_a_config_key() -> None:
-    assert http_options_from_config({"min_transfer_rate": 5000}, "x.", ()).min_rate_bytes_per_s == 5000
-    assert http_options_from_config({}, "x.", ()).min_rate_bytes_per_s == HttpOptions().min_rate_bytes_per_s
+    def http_options(**config: object) -> HttpOptions:
+        backend = parse_config({"device": {"backend": {"type": "http", "config": {"url": "http://h", **config}}}})
+        assert isinstance(backend.backend, HttpConfig)
+        return backend.backend.http
+
+    assert http_options(min_transfer_rate=5000).min_rate_bytes_per_s == 5000
+    assert http_options().min_rate_bytes_per_s == HttpOptions().min_rate_bytes_per_s
     with pytest.raises(ConfigError, match="min_transfer_rate"):
-        http_options_from_config({"min_transfer_rate": -1}, "x.", ())
+        http_options(min_transfer_rate=-1)

@@ -1,120 +1,59 @@
-"""The one OCI distribution client, used by `nydusify` (pull, push) and the daemon (blob ranges).
+"""`RegistryClient`: the one OCI distribution client (manifests, blobs, ranges, uploads).
 
-Synchronous and thread-safe, so the daemon can call it from worker threads and the builder from
-plain code. What it promises:
+Used by `nydusify` (pull, push) and the daemon (blob ranges, `--image`). Synchronous and
+thread-safe, so the daemon can call it from worker threads and the builder from plain code.
+What it promises:
 - plain HTTP only for loopback hosts or when asked; TLS (optionally without verification) otherwise;
-- anonymous first, then whatever the `WWW-Authenticate` challenge asks for: Basic with the
-  configured or `~/.docker/config.json` credentials, or a Bearer token from the realm, cached
-  until it expires; a refused login is an `AuthError` at once, never retried;
+- authentication as `daemon.storage.registry.auth` describes;
 - connection errors, truncated bodies, 429 and 5xx retried with backoff (in `HttpTransport`);
 - `mirrors` tried first for reads, each once, falling back to the origin;
 - every blob and manifest fetched by digest is verified against it.
-`RegistryBackend` adapts it to `BlobBackend`: bytes of a blob, nothing about files.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
 import logging
 import os
-import platform
-import re
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import requests
 
 from daemon.storage import backend
-from daemon.storage.http import (
+from daemon.storage.options import RegistryOptions
+from daemon.storage.registry.auth import DOCKER_HUB_HOST, Authenticator, parse_challenge, with_query
+from daemon.storage.registry.errors import (
+    DigestMismatch,
+    ManifestNotFound,
+    RegistryAuthError,
+    RegistryBlobNotFound,
+    RegistryError,
+    RegistryRangeNotSatisfied,
+)
+from daemon.storage.transport import (
     MAX_SMALL_BODY_BYTES,
     Body,
-    HttpOptions,
     HttpTransport,
     RemoteError,
     RemoteUnavailable,
     TruncatedBody,
-    http_options_from_config,
     range_header,
     slice_range,
 )
 from rafs import oci
-from rafs.errors import ConfigError
-from rafs.oci import ImageReference, Platform
+from rafs.oci import ImageReference, host_platforms, sha256_digest
 
 log = logging.getLogger(__name__)
 
 MANIFEST_ACCEPT = ", ".join((*oci.MANIFEST_TYPES, *oci.INDEX_TYPES))
-DOCKER_HUB_HOST = "registry-1.docker.io"
-TOKEN_MARGIN_S = 10.0
 MAX_MANIFEST_BYTES = 4 << 20  # manifests and indexes, as containerd caps them
 MAX_SMALL_BLOB_BYTES = 16 << 20  # image configs read into memory
 UNBOUNDED_BYTES = 1 << 62
-# Above the largest bootstrap the project builds (1,000,000 files: about 200 MiB).
-DEFAULT_BOOTSTRAP_SIZE_LIMIT = 512 << 20
-DEFAULT_TOKEN_LIFETIME_S = 60.0
-
-
-class RegistryError(RemoteError):
-    """The registry refused or failed a request; carries the URL, repository and digest."""
-
-    def __init__(self, message: str, *, url: str = "", status: int = 0, repo: str = "", digest: str = "") -> None:
-        context = ", ".join(part for part in (repo and f"repo {repo}", digest and f"digest {digest}") if part)
-        super().__init__(f"{message} [{context}]" if context else message, url=url, status=status)
-        self.repo = repo
-        self.digest = digest
-        self.blob_id = digest.partition(":")[2]
-
-
-class AuthError(RegistryError, backend.AuthError):
-    """The registry or its token server refused our credentials (or we had none to offer)."""
-
-
-class BlobNotFound(RegistryError, backend.BlobNotFound):
-    """The repository has no blob of that digest."""
-
-
-class ManifestNotFound(RegistryError):
-    """The repository has no manifest for that tag or digest."""
-
-
-class RangeNotSatisfiable(RegistryError, backend.RangeNotSatisfied):
-    """The blob ends before the range asked for."""
-
-
-class DigestMismatch(RegistryError):
-    """Content whose sha256 differs from the digest it was fetched by: altered or wrong content."""
-
-
-@dataclass(frozen=True)
-class Mirror:
-    """A registry mirror (`host[:port]`) tried before the origin for reads."""
-
-    host: str
-    plain_http: bool | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach registries; the defaults suit a public TLS registry or a loopback one."""
-
-    http: HttpOptions = field(default_factory=HttpOptions)
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts, TLS for the rest
-    username: str = ""
-    password: str = ""
-    registry_token: str = ""  # a bearer token used as is (nydusd's `registry_token`)
-    docker_config: str | None = None  # None: $DOCKER_CONFIG/config.json or ~/.docker/config.json; "": none
-    mirrors: tuple[Mirror, ...] = ()
-    platforms: tuple[Platform, ...] = ()  # empty: the host's, then linux/amd64
-    upload_chunk_size: int = 0  # 0: monolithic uploads; else PATCH chunks of this size
-    bootstrap_size_limit: int = DEFAULT_BOOTSTRAP_SIZE_LIMIT  # `nydusd --image`: the largest bootstrap accepted
 
 
 @dataclass(frozen=True)
@@ -139,27 +78,6 @@ class _Endpoint:
     is_mirror: bool
 
 
-@dataclass(frozen=True)
-class _Challenge:
-    scheme: str  # "basic" or "bearer", lowercased
-    params: Mapping[str, str]
-
-
-_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"|([A-Za-z_]+)=([^\s,]+)')
-
-
-def parse_challenge(header: str) -> _Challenge | None:
-    """`Bearer realm="...",service="...",scope="..."` or `Basic realm="..."`; None if neither."""
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme.lower() not in ("basic", "bearer"):
-        return None
-    params = {}
-    for match in _CHALLENGE_PARAM.finditer(rest):
-        key = match.group(1) or match.group(3)
-        params[key.lower()] = match.group(2) if match.group(1) else match.group(4)
-    return _Challenge(scheme.lower(), params)
-
-
 def is_loopback(host: str) -> bool:
     """Whether `host` (no port) is this machine: the only place plain HTTP is the default."""
     if host == "localhost" or host.endswith(".localhost"):
@@ -170,64 +88,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def host_platforms() -> tuple[Platform, ...]:
-    """The host's platform first, then linux/amd64 (what most single-platform images are)."""
-    machine = platform.machine().lower()
-    architecture = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
-    wanted = [Platform("linux", architecture)]
-    if architecture != "amd64":
-        wanted.append(Platform("linux", "amd64"))
-    return tuple(wanted)
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def docker_config_credentials(path: str, registry: str) -> tuple[str, str] | None:
-    """(username, password) for `registry` from a docker `config.json` `auths` entry, if any.
-
-    Keys may be `host`, `https://host` or `https://host/v1/`; credential helpers (`credsStore`)
-    are not run: only inline `auth` or `username`/`password` entries are read.
-    """
-    try:
-        with open(path, "rb") as file:
-            config = json.load(file)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"docker config {path}: {error}") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    aliases = {registry}
-    if registry in (oci.DOCKER_HUB, DOCKER_HUB_HOST):
-        aliases |= {oci.DOCKER_HUB, DOCKER_HUB_HOST, "index.docker.io"}
-    for key, entry in auths.items():
-        host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
-        if host not in aliases or not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except ValueError:
-                raise ConfigError(f"docker config {path}: auths.{key}.auth is not base64 of user:password") from None
-            return username, password
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return entry["username"], entry["password"]
-    return None
-
-
 def _host_without_port(host_port: str) -> str:
     if host_port.startswith("["):
         return host_port[1 : host_port.index("]")]
     return host_port.rsplit(":", 1)[0]
-
-
-def _with_query(url: str, **params: str) -> str:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def _registry_message(transport: HttpTransport, response: requests.Response) -> str:
@@ -254,10 +118,7 @@ class RegistryClient:
     def __init__(self, options: RegistryOptions | None = None) -> None:
         self.options = options or RegistryOptions()
         self.transport = HttpTransport(self.options.http)
-        self._lock = threading.Lock()
-        self._challenges: dict[str, _Challenge] = {}
-        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._docker_logins: dict[str, tuple[str, str] | None] = {}
+        self.auth = Authenticator(self.options, self.transport)
 
     # ---- endpoints and authentication
 
@@ -278,73 +139,6 @@ class RegistryClient:
         endpoints.append(_Endpoint(host, f"{self._scheme(host, None)}://{host}/v2/", {}, False))
         return endpoints
 
-    def _credentials(self, host: str) -> tuple[str, str] | None:
-        """The configured login, else the docker config's for `host` (read once per host)."""
-        if self.options.username:
-            return self.options.username, self.options.password
-        if host not in self._docker_logins:
-            path = self.options.docker_config
-            if path is None:
-                directory = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-                path = os.path.join(directory, "config.json")
-            self._docker_logins[host] = docker_config_credentials(path, host) if path else None
-        return self._docker_logins[host]
-
-    def _auth_header(self, host: str, repo: str, actions: str, *, fresh: bool) -> dict[str, str]:
-        """What to send for `host`: nothing until it has challenged us, then what it asked for."""
-        with self._lock:
-            challenge = self._challenges.get(host)
-            if challenge is None:
-                return {}
-            if challenge.scheme == "basic":
-                credentials = self._credentials(host)
-                if credentials is None:
-                    raise AuthError(f"registry {host} asks for a login and none is configured", url=host, repo=repo)
-                token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-                return {"Authorization": f"Basic {token}"}
-            if self.options.registry_token:
-                return {"Authorization": f"Bearer {self.options.registry_token}"}
-            return {"Authorization": f"Bearer {self._bearer_token(host, challenge, repo, actions, fresh=fresh)}"}
-
-    def _bearer_token(self, host: str, challenge: _Challenge, repo: str, actions: str, *, fresh: bool) -> str:
-        """A token for `repository:repo:actions` from the challenge's realm, cached until it expires."""
-        realm = challenge.params.get("realm", "")
-        if not realm.startswith(("http://", "https://")):
-            raise AuthError(f"registry {host} sent a Bearer challenge without a usable realm {realm!r}", repo=repo)
-        service = challenge.params.get("service", "")
-        scope = f"repository:{repo}:{actions}"
-        key = (realm, service, scope)
-        cached = self._tokens.get(key)
-        if cached is not None and not fresh and time.monotonic() < cached[1]:
-            return cached[0]
-        params = {"scope": scope}
-        if service:
-            params["service"] = service
-        headers = {}
-        credentials = self._credentials(host)
-        if credentials is not None:
-            params["account"] = credentials[0]
-            basic = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-            headers["Authorization"] = f"Basic {basic}"
-        url = _with_query(realm, **params)
-        response = self.transport.request("GET", url, headers=headers)
-        if response.status_code in (401, 403):
-            who = f"user {credentials[0]!r}" if credentials else "anonymous access"
-            raise AuthError(f"token server refused {who}: HTTP {response.status_code}", url=realm, repo=repo)
-        if response.status_code != 200:
-            raise AuthError(f"token server answered HTTP {response.status_code}", url=realm, repo=repo)
-        try:
-            body = response.json()
-            token = body.get("token") or body.get("access_token")
-            lifetime_s = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME_S)
-        except (ValueError, AttributeError, TypeError):
-            token, lifetime_s = None, 0.0
-        if not isinstance(token, str) or not token:
-            raise AuthError("token server sent no token", url=realm, repo=repo)
-        margin_s = min(TOKEN_MARGIN_S, lifetime_s / 2)  # renew early, but keep short-lived tokens useful
-        self._tokens[key] = (token, time.monotonic() + lifetime_s - margin_s)
-        return token
-
     def _send(
         self,
         method: str,
@@ -358,8 +152,8 @@ class RegistryClient:
         retry: bool = True,
         on_success: Callable[[requests.Response], None] | None = None,
     ) -> requests.Response:
-        """One request with the auth dance: at most one 401 is answered, a second is an `AuthError`."""
-        sent_auth = self._auth_header(endpoint.host, repo, actions, fresh=False)
+        """One request with the auth dance: at most one 401 is answered, a second is an `RegistryAuthError`."""
+        sent_auth = self.auth.header(endpoint.host, repo, actions, fresh=False)
         all_headers = {**endpoint.headers, **(headers or {})}
         response = self.transport.request(
             method, url, headers={**all_headers, **sent_auth}, body=body, retry=retry, on_success=on_success
@@ -368,19 +162,17 @@ class RegistryClient:
             return response
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:
-            raise AuthError(f"{method} refused with HTTP 401 and no usable challenge", url=url, repo=repo)
-        with self._lock:
-            known = self._challenges.get(endpoint.host)
-            self._challenges[endpoint.host] = challenge
+            raise RegistryAuthError(f"{method} refused with HTTP 401 and no usable challenge", url=url, repo=repo)
+        known = self.auth.remember(endpoint.host, challenge)
         if sent_auth and known == challenge and challenge.scheme == "basic":
-            raise AuthError(f"registry {endpoint.host} refused the credentials", url=url, repo=repo)
-        retry_auth = self._auth_header(endpoint.host, repo, actions, fresh=True)
+            raise RegistryAuthError(f"registry {endpoint.host} refused the credentials", url=url, repo=repo)
+        retry_auth = self.auth.header(endpoint.host, repo, actions, fresh=True)
         response = self.transport.request(
             method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success
         )
         if response.status_code == 401:
             detail = _registry_message(self.transport, response)
-            raise AuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
+            raise RegistryAuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
         return response
 
     def _read(
@@ -419,9 +211,11 @@ class RegistryClient:
         status = response.status_code
         detail = _registry_message(self.transport, response)
         if status in (401, 403):
-            return AuthError(f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository)
+            return RegistryAuthError(
+                f"{what}: access denied: {detail}", url=response.url, status=status, repo=ref.repository
+            )
         if status == 404 and kind == "blob":
-            return BlobNotFound(
+            return RegistryBlobNotFound(
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
         if status == 404 and kind == "manifest":
@@ -429,7 +223,7 @@ class RegistryClient:
                 f"{what}: not found", url=response.url, status=status, repo=ref.repository, digest=digest
             )
         if status == 416:
-            return RangeNotSatisfiable(
+            return RegistryRangeNotSatisfied(
                 f"{what}: range past the end", url=response.url, repo=ref.repository, digest=digest
             )
         return RegistryError(
@@ -589,7 +383,7 @@ class RegistryClient:
         if not result:
             raise self._fail(response, "blob", f"blob {digest} range {offset}+{length}", ref, digest)
         if len(result[0]) < length:
-            raise RangeNotSatisfiable(
+            raise RegistryRangeNotSatisfied(
                 f"blob range {offset}+{length} is past the end", url=response.url, repo=ref.repository, digest=digest
             )
         return result[0]
@@ -648,7 +442,7 @@ class RegistryClient:
         if chunk_size <= 0:
             headers["Content-Length"] = str(size)
         response = self._send(
-            "PUT", origin, _with_query(location, digest=digest), ref.repository,
+            "PUT", origin, with_query(location, digest=digest), ref.repository,
             actions="pull,push", headers=headers, body=body, retry=False,
         )  # fmt: skip
         if response.status_code not in (201, 204):
@@ -672,96 +466,3 @@ def _pieces(source: bytes | str, chunk_size: int) -> Iterator[tuple[int, bytes]]
         while piece := file.read(chunk_size):
             yield offset, piece
             offset += len(piece)
-
-
-class RegistryBackend:
-    """`BlobBackend` over one repository: blob `X` is the layer `sha256:X`."""
-
-    def __init__(self, client: RegistryClient, image: ImageReference) -> None:
-        self.client = client
-        self.image = image
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, object]) -> RegistryBackend:
-        """From nydusd-style `device.backend.config` for type `registry`; unknown keys are errors."""
-        where = "device.backend.config."
-        allowed = ("scheme", "host", "repo", "auth", "registry_token", "mirrors", "bootstrap_size_limit")
-        http_options = http_options_from_config(config, where, allowed)
-        host, repo = config.get("host"), config.get("repo")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(f"config key {where}host: a registry host[:port] is required")
-        if not isinstance(repo, str) or not repo:
-            raise ConfigError(f"config key {where}repo: a repository name is required")
-        scheme = config.get("scheme", "")
-        if scheme not in ("", "http", "https"):
-            raise ConfigError(f"config key {where}scheme: http or https is required")
-        username = password = ""
-        auth = config.get("auth", "")
-        if not isinstance(auth, str):
-            raise ConfigError(f"config key {where}auth: base64 of user:password is required")
-        if auth:
-            try:
-                username, _, password = base64.b64decode(auth).decode().partition(":")
-            except ValueError:
-                raise ConfigError(f"config key {where}auth: not base64 of user:password") from None
-        token = config.get("registry_token", "")
-        if not isinstance(token, str):
-            raise ConfigError(f"config key {where}registry_token: a string is required")
-        size_limit = config.get("bootstrap_size_limit", DEFAULT_BOOTSTRAP_SIZE_LIMIT)
-        if isinstance(size_limit, bool) or not isinstance(size_limit, int) or size_limit < 1:
-            raise ConfigError(f"config key {where}bootstrap_size_limit: a positive number of bytes is required")
-        options = RegistryOptions(
-            http=http_options,
-            plain_http=None if not scheme else scheme == "http",
-            username=username,
-            password=password,
-            registry_token=token,
-            mirrors=_mirrors(config.get("mirrors", []), where + "mirrors"),
-            bootstrap_size_limit=size_limit,
-        )
-        try:
-            image = ImageReference.parse(f"{host}/{repo}")
-        except oci.InvalidReference as error:
-            raise ConfigError(f"config key {where}repo: {error}") from None
-        return cls(RegistryClient(options), image)
-
-    def _digest(self, blob_id: str) -> str:
-        backend.check_blob_id(blob_id)
-        return f"sha256:{blob_id}"
-
-    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
-        return self.client.read_blob_range(self.image, self._digest(blob_id), offset, length)
-
-    def blob_size(self, blob_id: str) -> int:
-        digest = self._digest(blob_id)
-        size = self.client.blob_size(self.image, digest)
-        if size is None:
-            raise BlobNotFound("blob not found", repo=self.image.repository, digest=digest)
-        return size
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _mirrors(value: object, where: str) -> tuple[Mirror, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"config key {where}: a list is required")
-    mirrors = []
-    for position, item in enumerate(value):
-        here = f"{where}[{position}]."
-        if not isinstance(item, dict):
-            raise ConfigError(f"config key {where}[{position}]: an object is required")
-        for key in item:
-            if key not in ("host", "headers"):
-                raise ConfigError(f"config key {here}{key}: unknown")
-        host, headers = item.get("host"), item.get("headers", {})
-        if not isinstance(host, str) or not host:
-            raise ConfigError(f"config key {here}host: a URL or host[:port] is required")
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise ConfigError(f"config key {here}headers: an object of strings is required")
-        plain_http = None
-        if "://" in host:
-            parts = urlsplit(host)
-            plain_http, host = parts.scheme == "http", parts.netloc
-        mirrors.append(Mirror(host, plain_http, headers))
-    return tuple(mirrors)
