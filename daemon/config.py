@@ -85,7 +85,9 @@ class DaemonConfig:
     mode: str = "direct"
     # Chunks are verified when they enter the cache; true re-hashes every cache hit as well.
     digest_validate: bool = False
-    iostats_files: bool = False
+    iostats_files: bool = False  # per-file counters (`/api/v1/metrics/files`)
+    access_pattern: bool = False  # first access per inode (`/api/v1/metrics/pattern`)
+    latest_read_files: bool = False  # files read since the last ask (`/api/v1/metrics/files?latest=true`)
     enable_xattr: bool = True
     amplify_io: int = 1 << 20  # blob-order amplification of a demand miss, stored bytes
     fs_prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
@@ -207,6 +209,8 @@ def parse_config(data: object) -> DaemonConfig:
             "mode",
             "digest_validate",
             "iostats_files",
+            "access_pattern",
+            "latest_read_files",
             "enable_xattr",
             "amplify_io",
             "fs_prefetch",
@@ -223,6 +227,8 @@ def parse_config(data: object) -> DaemonConfig:
         mode=_str(top, "mode", "", "direct", MODES),
         digest_validate=_bool(top, "digest_validate", "", False),
         iostats_files=_bool(top, "iostats_files", "", False),
+        access_pattern=_bool(top, "access_pattern", "", False),
+        latest_read_files=_bool(top, "latest_read_files", "", False),
         enable_xattr=_bool(top, "enable_xattr", "", True),
         amplify_io=_int(top, "amplify_io", "", 1 << 20, 0),
         fs_prefetch=_prefetch(_object(top.get("fs_prefetch", {}), "fs_prefetch")),
