@@ -86,6 +86,7 @@ class _Flight:
 @dataclass
 class ChunkStats:
     cache_hits: int = 0
+    cache_misses: int = 0  # chunks a read needed that were not cached (blobcache `total` = hits + misses)
     fetched_chunks: int = 0
     fetched_bytes: int = 0
     range_requests: int = 0
@@ -334,6 +335,7 @@ class ChunkSource:
                     out[item[0]] = data
             self.stats.cache_hits += len(hits)
         if misses:
+            self.stats.cache_misses += len(misses)
             blocked_at = time.time()
             results = await self._wait_for([request for _, request, _ in misses])
             if self.timeline is not None:

@@ -1,7 +1,13 @@
-"""`nydusd`: mount a bootstrap over FUSE in the foreground.
+"""`nydusd`: serve an image (or, in shared mode, many) over FUSE in the foreground.
 
-The one edge where errors become a message and an exit code: a `NydusError` prints one line
-and exits with the class's `exit_code`; SIGINT/SIGTERM unmount and exit 0.
+    nydusd [fuse] --bootstrap FILE | --image REF | (neither: shared mode) --mountpoint DIR
+           [--config FILE] [--apisock SOCK] [--thread-num N] [--log-level L] [--log-file F] ...
+
+`nydusd fuse ...` and plain `nydusd ...` are the same, so nydus-snapshotter's command line works
+as it is. The one edge where errors become a message and an exit code: a `NydusError` prints one
+line and exits with the class's `exit_code`; SIGINT/SIGTERM (or `PUT /api/v1/daemon/exit`)
+unmount and exit 0. What is not implemented (takeover: `--supervisor`, `--upgrade`; the
+`singleton` and `virtiofs` commands) is refused in one line, never ignored.
 
 Every container start pays for this process's start, so it imports only what serving needs,
 and late: `requests` only for a remote backend, the FUSE side (trio, pyfuse3) after the
@@ -11,7 +17,6 @@ arguments are read, while `--image`'s manifest and bootstrap are fetched in a th
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import threading
@@ -20,6 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from daemon.config import DaemonConfig, default_config, image_config, load_config, read_config_file
+from daemon.logs import LOG_LEVELS, setup_logging
 from daemon.storage.backend import BlobBackend
 from rafs.errors import ConfigError, NydusError
 from rafs.oci import ImageReference
@@ -28,23 +34,39 @@ from rafs.pathlist import read_path_list
 if TYPE_CHECKING:
     from daemon.serve import ServeOptions
 
-LOG_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
+FAILOVER_POLICIES = ("resend", "flush", "none")
+NOT_IMPLEMENTED_COMMANDS = ("singleton", "virtiofs", "fscache")
+USAGE_ERROR = 2
+
+__all__ = ["LOG_LEVELS", "main", "parser"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog="nydusd", description="Mount a RAFS bootstrap over FUSE.")
-    source = result.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bootstrap", help="bootstrap file of the image")
+    result = argparse.ArgumentParser(prog="nydusd", description="Serve RAFS images over FUSE.")
+    source = result.add_mutually_exclusive_group()
+    source.add_argument("--bootstrap", help="bootstrap file of the image (neither this nor --image: shared mode)")
     source.add_argument("--image", metavar="REF", help="host[:port]/repo[:tag|@digest] of a converted image")
     result.add_argument("--mountpoint", required=True, help="directory to mount on")
     result.add_argument("--config", help="nydusd JSON config; default: localfs backend in the bootstrap's directory")
+    result.add_argument("--apisock", metavar="SOCK", help="serve the HTTP API on this unix socket")
+    result.add_argument("--id", dest="daemon_id", metavar="ID", help="daemon id reported by the API")
+    result.add_argument(
+        "--thread-num", type=_positive, metavar="N", help="FUSE requests answered at once (default: 128)"
+    )
     result.add_argument("--plain-http", action="store_true", help="--image: plain HTTP (default only for loopback)")
     result.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to prefetch after mounting")
     result.add_argument("--trace-out", metavar="FILE", help="write each file's path in first-access order")
@@ -52,7 +74,20 @@ def parser() -> argparse.ArgumentParser:
         "--timeline-out", metavar="FILE", help="at unmount, write range requests and blocked reads as JSON (benchmarks)"
     )
     result.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
+    result.add_argument("--log-file", metavar="FILE", help="log here instead of to stderr")
+    result.add_argument(
+        "--log-rotation-size", type=_not_negative, default=0, metavar="MB", help="rotate the log file at this size"
+    )
+    result.add_argument(
+        "--failover-policy",
+        choices=FAILOVER_POLICIES,
+        default="resend",
+        help="what takeover does with requests in flight (takeover itself is not implemented)",
+    )
+    result.add_argument("--supervisor", metavar="SOCK", help="not implemented (takeover): refused")
+    result.add_argument("--upgrade", action="store_true", help="not implemented (takeover): refused")
     result.add_argument("--no-allow-other", action="store_true", help="only the mounting user may access the mount")
+    result.add_argument("--version", "-V", action="store_true", help="print the version and exit")
     return result
 
 
@@ -119,8 +154,8 @@ def process_started_at() -> float:
     return time.time() - age_s
 
 
-def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig) -> ServeOptions:
-    from daemon.serve import ServeOptions
+def serve_options(args: argparse.Namespace, bootstrap: str | None, config: DaemonConfig | None) -> ServeOptions:
+    from daemon.serve import MAX_FUSE_TASKS, ServeOptions
 
     return ServeOptions(
         bootstrap,
@@ -131,7 +166,34 @@ def serve_options(args: argparse.Namespace, bootstrap: str, config: DaemonConfig
         trace_out=args.trace_out,
         timeline_out=args.timeline_out,
         started_at=process_started_at(),
+        apisock=args.apisock,
+        daemon_id=args.daemon_id,
+        fuse_tasks=args.thread_num or MAX_FUSE_TASKS,
+        failover_policy=args.failover_policy,
     )
+
+
+def refuse_unsupported(args: argparse.Namespace) -> None:
+    """What this daemon does not do is refused in one line, before anything is opened."""
+    if args.supervisor is not None or args.upgrade:
+        flag = "--supervisor" if args.supervisor is not None else "--upgrade"
+        raise ConfigError(f"{flag}: takeover (hot upgrade, failover) is not implemented")
+    if args.bootstrap is None and args.image is None:
+        if args.apisock is None:
+            raise ConfigError("shared mode (no --bootstrap or --image) needs --apisock to receive mounts")
+        for flag, value in (("--prefetch-files", args.prefetch_files), ("--trace-out", args.trace_out),
+                            ("--timeline-out", args.timeline_out)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(f"{flag} needs --bootstrap or --image (shared mode takes prefetch_files per mount)")
+
+
+def split_command(argv: list[str]) -> list[str]:
+    """Drop the `fuse` command (`nydusd fuse ...` is `nydusd ...`); refuse the ones not served."""
+    if argv and argv[0] == "fuse":
+        return argv[1:]
+    if argv and argv[0] in NOT_IMPLEMENTED_COMMANDS:
+        raise ConfigError(f"the {argv[0]} command is not implemented; use `nydusd fuse`")
+    return argv
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -142,13 +204,21 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=LOG_LEVELS[args.log_level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in arguments or "-V" in arguments:
+        from daemon.version import version_line
+
+        print(version_line())
+        return 0
     try:
+        arguments = split_command(arguments)
+    except ConfigError as error:
+        print(f"nydusd: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    args = parser().parse_args(arguments)
+    try:
+        refuse_unsupported(args)
+        setup_logging(args.log_level, args.log_file, args.log_rotation_size)
         check_output_paths(args)
         fetch = ImageFetch(args) if args.image else None
         if fetch is not None:
@@ -160,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         if fetch is not None:
             bootstrap, config, backend = fetch.wait()
             trio.run(partial(serve, serve_options(args, bootstrap, config), backend=backend))
+            return 0
+        if args.bootstrap is None:
+            shared_config = load_config(args.config) if args.config else None
+            trio.run(serve, serve_options(args, None, shared_config))
             return 0
         if args.config:
             config = load_config(args.config)

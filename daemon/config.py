@@ -93,7 +93,9 @@ class DaemonConfig:
     mode: str = "direct"
     # Chunks are verified when they enter the cache; true re-hashes every cache hit as well.
     digest_validate: bool = False
-    iostats_files: bool = False
+    iostats_files: bool = False  # per-file counters (`/api/v1/metrics/files`)
+    access_pattern: bool = False  # first access per inode (`/api/v1/metrics/pattern`)
+    latest_read_files: bool = False  # files read since the last ask (`/api/v1/metrics/files?latest=true`)
     enable_xattr: bool = True
     amplify_io: int = 1 << 20  # blob-order amplification of a demand miss, stored bytes
     fs_prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
@@ -246,6 +248,8 @@ TOP_KEYS = (
     "mode",
     "digest_validate",
     "iostats_files",
+    "access_pattern",
+    "latest_read_files",
     "enable_xattr",
     "amplify_io",
     "fs_prefetch",
@@ -269,6 +273,8 @@ def parse_config(data: object) -> DaemonConfig:
         mode=top.str("mode", "direct", MODES),
         digest_validate=top.bool("digest_validate", False),
         iostats_files=top.bool("iostats_files", False),
+        access_pattern=top.bool("access_pattern", False),
+        latest_read_files=top.bool("latest_read_files", False),
         enable_xattr=top.bool("enable_xattr", True),
         amplify_io=top.int("amplify_io", 1 << 20),
         fs_prefetch=_prefetch(

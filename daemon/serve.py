@@ -1,15 +1,21 @@
-"""`serve`: open everything, mount, answer FUSE requests until told to stop, unmount.
+"""`serve`: the daemon's life: open, mount, answer FUSE and API requests until told to stop, unmount.
 
-Everything that can fail (bootstrap, config, backend, cache directory, stale mount) is done
-before `pyfuse3.init` mounts, so the mountpoint appears only when the daemon can serve it.
-SIGINT and SIGTERM stop the FUSE loop; requests still waiting on a backend get a short grace
-period and are then cancelled, and the filesystem is unmounted on every exit path Python
-controls. A daemon killed outright leaves a stale mount that the next start clears
-(`daemon.mountpoint`).
+Two modes, as Nydus's nydusd: with a bootstrap, the FUSE mount is that one image (`ImageMount`
+at id "/"); without one (shared mode), it is an empty root into which `POST /api/v1/mount`
+places images as subdirectories (`daemon.shared`). The API socket (`--apisock`) is bound before
+anything else, so the snapshotter can watch `state` go from INIT to RUNNING; everything else
+that can fail (bootstrap, config, backend, cache directory, stale mount) is done before
+`pyfuse3.init` mounts, so the mountpoint appears only when the daemon can serve it.
+
+SIGINT, SIGTERM and `PUT /api/v1/daemon/exit` stop the FUSE loop; requests still waiting on a
+backend get a short grace period and are then cancelled, and the filesystem is unmounted on
+every exit path Python controls. A daemon killed outright leaves a stale mount that the next
+start clears (`daemon.mountpoint`) and a stale socket that the next start replaces.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -20,19 +26,15 @@ from functools import partial
 import pyfuse3
 import trio
 
-from daemon.chunks import ChunkSource
-from daemon.config import CacheConfig, DaemonConfig
-from daemon.fs import RafsOperations
+from daemon.apiserver import ApiError, ApiSocket, serve_api
+from daemon.config import DaemonConfig, parse_config
+from daemon.metrics import ErrorEvents, Inflight
+from daemon.mount import ImageMount, MountOptions, open_image
 from daemon.mountpoint import mounts_at, prepare_mountpoint
-from daemon.prefetch import Prefetcher
-from daemon.readahead import Readahead
-from daemon.reader import FileReader
+from daemon.shared import SLOT_SHIFT, SharedOperations, check_mount_name
 from daemon.storage.backend import BlobBackend
-from daemon.storage.backends import open_backend
-from daemon.storage.cache import ChunkCache, DiskChunkCache, MemoryChunkCache
 from daemon.timeline import Timeline
-from daemon.trace import AccessTrace
-from rafs.mapped import open_bootstrap
+from rafs.errors import ConfigError, NydusError
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +42,24 @@ log = logging.getLogger(__name__)
 MAX_READ_BYTES = 1 << 20
 STOP_GRACE_S = 2.0
 MAX_FUSE_TASKS = 128
+UNMOUNT_DRAIN_S = 2.0
+FAILOVER_POLICIES = ("resend", "flush", "none")
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    bootstrap: str
+    bootstrap: str | None  # None: shared mode (images come through the API)
     mountpoint: str
-    config: DaemonConfig
+    config: DaemonConfig | None  # shared mode: the default for API mounts that bring none
     allow_other: bool = True
     prefetch_files: tuple[bytes, ...] | None = None  # `--prefetch-files`: overrides the bootstrap's table
     trace_out: str | None = None  # `--trace-out`: first-access order of files
     timeline_out: str | None = None  # `--timeline-out`: requests and blocked reads, for benchmarks
     started_at: float = 0.0  # when the process began (time.time()), for the timeline
-
-
-def open_cache(config: CacheConfig) -> ChunkCache:
-    if config.type == "blobcache":
-        return DiskChunkCache(config.work_dir, size_limit=config.size_limit)
-    return MemoryChunkCache()
+    apisock: str | None = None  # `--apisock`: the API's unix socket
+    daemon_id: str | None = None  # `--id`: reported by the API
+    fuse_tasks: int = MAX_FUSE_TASKS  # `--thread-num`: FUSE requests answered at once
+    failover_policy: str = "resend"  # `--failover-policy`: recorded; applies only to takeover
 
 
 def mount_options(allow_other: bool) -> set[str]:
@@ -89,15 +91,169 @@ def raise_readahead(mountpoint: str) -> None:
             log.debug("cannot raise readahead via %s: %s", path, error)
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            await trio.sleep(STOP_GRACE_S)
-            log.warning("requests still pending after %.0f s: cancelling them", STOP_GRACE_S)
-            scope.cancel()
-            return
+class Daemon:
+    """The running daemon as the API sees it: state, mounts, in-flight requests, error events."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.state = "INIT"
+        self.inflight = Inflight()
+        self.events = ErrorEvents()
+        self.mounts: dict[str, ImageMount] = {}  # by id: "/" or "/sub"
+        self.shared = SharedOperations() if options.bootstrap is None else None
+        self.stop_requested = trio.Event()
+        self.nursery: trio.Nursery | None = None  # set by `serve`: where mounts run
+        self._mount_lock = trio.Lock()  # one mount change at a time (each opens files in a thread)
+
+    # -- starting and stopping ------------------------------------------------------------------
+
+    def open_single(self, backend: BlobBackend | None, timeline: Timeline | None) -> ImageMount:
+        assert self.options.bootstrap is not None and self.options.config is not None
+        options = MountOptions(
+            id="/", prefetch_files=self.options.prefetch_files, trace_out=self.options.trace_out, timeline=timeline
+        )
+        mount = open_image(self.options.bootstrap, self.options.config, options, self.inflight, backend=backend)
+        self.mounts["/"] = mount
+        return mount
+
+    def request_exit(self) -> None:
+        self.stop_requested.set()
+
+    async def stop_when_asked(self, scope: trio.CancelScope) -> None:
+        """Stop the FUSE loop on SIGINT/SIGTERM or `request_exit`; cancel what lingers after a grace period."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._signals)
+            await self.stop_requested.wait()
+            nursery.cancel_scope.cancel()
+        self.state = "STOPPING"
+        pyfuse3.terminate()
+        await trio.sleep(STOP_GRACE_S)
+        log.warning("requests still pending after %.0f s: cancelling them", STOP_GRACE_S)
+        scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                self.request_exit()
+                return
+
+    def close_all(self) -> None:
+        for mount in self.mounts.values():
+            mount.stop()
+            mount.close()
+        self.mounts.clear()
+
+    # -- what the API reads ----------------------------------------------------------------------
+
+    def info(self) -> dict[str, object]:
+        from daemon.version import version_info
+
+        return {
+            "id": self.options.daemon_id,
+            "version": version_info(),
+            "supervisor": None,
+            "state": self.state,
+            "failover_policy": self.options.failover_policy,
+            "backend_collection": {mount_id: mount.backend_info() for mount_id, mount in sorted(self.mounts.items())},
+        }
+
+    def mount_for(self, mount_id: str | None) -> ImageMount:
+        """The mount of metrics `id` (the only one when `id` is left out)."""
+        if mount_id is None or mount_id == "":
+            if len(self.mounts) == 1:
+                return next(iter(self.mounts.values()))
+            known = ", ".join(sorted(self.mounts)) or "none"
+            raise ApiError(404, "NoCounter", f"give ?id= (a mountpoint); mounted: {known}")
+        mount = self.mounts.get(mount_id)
+        if mount is None:
+            raise ApiError(404, "NoCounter", f"nothing is mounted at {mount_id!r}")
+        return mount
+
+    # -- shared mode: mounting through the API ---------------------------------------------------
+
+    def _shared(self) -> SharedOperations:
+        if self.shared is None:
+            raise ApiError(400, "NotSharedMode", "this daemon serves one image (--bootstrap); start it without one")
+        return self.shared
+
+    def _mount_config(self, text: str) -> DaemonConfig:
+        if not text:
+            if self.options.config is None:
+                raise ConfigError("mount: no config given, and the daemon was started without --config")
+            return self.options.config
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ConfigError(f"mount: config is not JSON: {error}") from None
+        return parse_config(data)
+
+    def _open_for_api(
+        self, mountpoint: str, source: str, config_text: str, prefetch_files: tuple[bytes, ...] | None, slot: int
+    ) -> ImageMount:
+        """In a worker thread: the image opened, and its backend asked for one blob's size so
+        that an unreachable backend fails the mount, not the container's first read."""
+        config = self._mount_config(config_text)
+        options = MountOptions(id=mountpoint, prefetch_files=prefetch_files, ino_base=slot << SLOT_SHIFT)
+        mount = open_image(source, config, options, self.inflight)
+        try:
+            if mount.bootstrap.blobs:
+                mount.backend.blob_size(mount.bootstrap.blobs[0].blob_id)
+        except BaseException:
+            mount.close()
+            raise
+        return mount
+
+    async def mount(
+        self, mountpoint: str, source: str, config_text: str, prefetch_files: tuple[bytes, ...] | None, *, remount: bool
+    ) -> None:
+        shared = self._shared()
+        try:
+            name = check_mount_name(mountpoint)
+        except ValueError as error:
+            raise ApiError(400, "InvalidMountpoint", str(error)) from None
+        async with self._mount_lock:
+            if remount and name not in shared.by_name:
+                raise ApiError(404, "NotMounted", f"nothing is mounted at {mountpoint}")
+            if not remount and name in shared.by_name:
+                raise ApiError(409, "AlreadyMounted", f"{mountpoint} is already mounted; PUT remounts it")
+            slot = shared.reserve_slot()
+            try:
+                mount = await trio.to_thread.run_sync(
+                    self._open_for_api, mountpoint, source, config_text, prefetch_files, slot
+                )
+            except ConfigError as error:
+                raise ApiError(400, "InvalidConfig", f"mount {mountpoint}: {error}") from None
+            except (NydusError, OSError) as error:
+                log.error("mount %s of %s failed: %s", mountpoint, source, error)
+                raise ApiError(500, "MountFailed", f"mount {mountpoint}: {error}") from None
+            assert self.nursery is not None
+            await self.nursery.start(mount.run)
+            old = shared.add(name, slot, mount)
+            self.mounts[mountpoint] = mount
+            log.info("%s %s at %s (%d inodes)", "remounted" if old else "mounted", source, mountpoint,
+                     mount.bootstrap.inode_count)  # fmt: skip
+            if old is not None:
+                await self._retire(old)
+
+    async def umount(self, mountpoint: str) -> None:
+        shared = self._shared()
+        async with self._mount_lock:
+            mount = shared.remove(mountpoint.removeprefix("/"))
+            if mount is None:
+                raise ApiError(404, "NotMounted", f"nothing is mounted at {mountpoint}")
+            del self.mounts[mountpoint]
+            log.info("unmounted %s (%s)", mountpoint, mount.chunks.stats)
+            await self._retire(mount)
+
+    async def _retire(self, mount: ImageMount) -> None:
+        """Stop a mount taken out of the table: its tasks now, its files once its requests are answered."""
+        mount.stop()
+        base = mount.options.ino_base
+        with trio.move_on_after(UNMOUNT_DRAIN_S):
+            while any(entry["inode"] >> SLOT_SHIFT == base >> SLOT_SHIFT for entry in self.inflight.report()):
+                await trio.sleep(0.01)
+        await trio.to_thread.run_sync(mount.close)
 
 
 async def serve(
@@ -106,62 +262,58 @@ async def serve(
     backend: BlobBackend | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Mount `options.bootstrap` at `options.mountpoint` and serve until unmounted or signalled."""
-    config = options.config
-    bootstrap = open_bootstrap(options.bootstrap)
-    backend = backend if backend is not None else open_backend(config.backend)
+    """Serve `options` until unmounted, signalled or asked to exit over the API."""
+    from daemon.api import Api
+
+    daemon = Daemon(options)
     timeline = Timeline(options.started_at or time.time()) if options.timeline_out else None
-    fetch_workers = config.fs_prefetch.threads_count
-    chunks = ChunkSource(
-        bootstrap,
-        backend,
-        open_cache(config.cache),
-        validate=config.digest_validate,
-        merging_size=config.fs_prefetch.merging_size,
-        fetch_workers=fetch_workers,
-        demand_workers=max(1, fetch_workers // 4),
-        bandwidth_rate=config.fs_prefetch.bandwidth_rate,
-        timeline=timeline,
-    )
-    readahead = Readahead(
-        bootstrap,
-        chunks,
-        amplify_io=config.amplify_io,
-        whole_file_max=config.readahead.whole_file_max,
-        window_max=config.readahead.window_max,
-    )
-    reader = FileReader(bootstrap, chunks, readahead, timeline)
-    trace = AccessTrace(options.trace_out) if options.trace_out else None
-    operations = RafsOperations(bootstrap, reader, enable_xattr=config.enable_xattr, trace=trace)
+    api_socket = ApiSocket.bind(options.apisock) if options.apisock else None
+    logging.getLogger().addHandler(daemon.events)
+    mounted = False
     mountpoint = os.path.abspath(options.mountpoint)
-    prepare_mountpoint(mountpoint)
-    pyfuse3.init(operations, mountpoint, mount_options(options.allow_other))
-    if timeline is not None:
-        timeline.mounted()
-    log.info(
-        "mounted %s at %s (%d inodes, %d blobs)",
-        options.bootstrap,
-        mountpoint,
-        bootstrap.inode_count,
-        len(bootstrap.blobs),
-    )
     try:
-        task_status.started()
+        # Everything that can fail is done before the nursery, so it fails as itself, not in a group.
+        single = daemon.open_single(backend, timeline) if daemon.shared is None else None
+        operations: pyfuse3.Operations
+        if single is not None:
+            operations = single.operations
+        else:
+            assert daemon.shared is not None
+            operations = daemon.shared
+        prepare_mountpoint(mountpoint)
+        pyfuse3.init(operations, mountpoint, mount_options(options.allow_other))
+        mounted = True
+        if timeline is not None:
+            timeline.mounted()
+        if single is not None:
+            log.info("mounted %s at %s (%d inodes, %d blobs)", options.bootstrap, mountpoint,
+                     single.bootstrap.inode_count, len(single.bootstrap.blobs))  # fmt: skip
+        else:
+            log.info("serving an empty root at %s (shared mode: images are mounted through the API)", mountpoint)
+        if options.failover_policy != "none":
+            log.debug("failover policy %s: applies to takeover, which this daemon does not do", options.failover_policy)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await nursery.start(chunks.run)
+            daemon.nursery = nursery
+            if single is not None:
+                await nursery.start(single.run)
+            daemon.state = "RUNNING"
+            if api_socket is not None:
+                nursery.start_soon(serve_api, api_socket, Api(daemon).handle)
+            task_status.started()
+            nursery.start_soon(daemon.stop_when_asked, nursery.cancel_scope)
             nursery.start_soon(partial(trio.to_thread.run_sync, raise_readahead, mountpoint, abandon_on_cancel=True))
-            prefetch = config.fs_prefetch
-            if prefetch.enable or options.prefetch_files is not None:
-                prefetcher = Prefetcher(chunks, files=options.prefetch_files, prefetch_all=prefetch.prefetch_all)
-                nursery.start_soon(prefetcher.run)
-            await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+            await pyfuse3.main(max_tasks=options.fuse_tasks)
             nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=True)
-        backend.close()
-        if trace is not None:
-            trace.close()
+        daemon.state = "STOPPED"
+        if mounted:
+            pyfuse3.close(unmount=True)
+        stats = {mount_id: mount.chunks.stats for mount_id, mount in daemon.mounts.items()}
+        daemon.close_all()
+        if api_socket is not None:
+            api_socket.close()
+        logging.getLogger().removeHandler(daemon.events)
         if timeline is not None and options.timeline_out:
             timeline.write(options.timeline_out)
-        log.info("unmounted %s (%s)", mountpoint, chunks.stats)
+        if mounted:
+            log.info("unmounted %s (%s)", mountpoint, stats.get("/", stats))

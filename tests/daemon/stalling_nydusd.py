@@ -2,7 +2,8 @@
 
 The backend is the real `LocalFsBackend`, except that while the file named by `--stall-flag`
 exists every range read waits (as a very slow network would). Each read is logged as
-`backend read <blob> <offset> <length>` so tests can count fetches. Test-only, named as such.
+`backend read <blob> <offset> <length>` so tests can count fetches. Every other `nydusd` flag
+(`--apisock`, `--thread-num`, ...) works as in the real daemon. Test-only, named as such.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from functools import partial
 
 import trio
 
-from daemon.cli import LOG_LEVELS, parser
+from daemon.cli import LOG_LEVELS, parser, serve_options
 from daemon.config import load_config
-from daemon.serve import ServeOptions, serve
+from daemon.serve import serve
 from daemon.storage.localfs import LocalFsBackend
-from daemon.storage.options import LocalFsConfig
 
 log = logging.getLogger("stalling-backend")
 
@@ -48,9 +48,8 @@ def main() -> int:
     args = parser().parse_args(rest)
     logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
-    assert isinstance(config.backend, LocalFsConfig)
-    backend = StallingBackend(config.backend.dir, known.stall_flag)
-    trio.run(partial(serve, ServeOptions(args.bootstrap, args.mountpoint, config), backend=backend))
+    backend = StallingBackend(config.backend.localfs.dir, known.stall_flag)
+    trio.run(partial(serve, serve_options(args, args.bootstrap, config), backend=backend))
     return 0
 
 
