@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
-from rafs.errors import ConfigError, NydusError
+from rafs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ REASONS = {
 }
 
 
-class ApiError(NydusError):
-    """A request the API answers with an error status and `{"code", "message"}`."""
+class ApiError(Exception):
+    """A request the API answers with an error status and `{"code", "message"}`.
+
+    An answer to a client, not a failure of the daemon: it never ends a process, so it is not
+    in the error tree of exit codes (`rafs.errors`)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)

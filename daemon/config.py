@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -100,6 +101,9 @@ class DaemonConfig:
     amplify_io: int = 1 << 20  # blob-order amplification of a demand miss, stored bytes
     fs_prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     readahead: ReadaheadConfig = field(default_factory=ReadaheadConfig)
+    # `device.backend` as written (decoded JSON): what `GET /api/v1/daemon` reports, credentials
+    # blanked, in the user's own field names.
+    backend_as_written: Mapping[str, object] = field(default_factory=dict, compare=False)
 
 
 def _http_options(fields: Fields) -> HttpOptions:
@@ -267,8 +271,9 @@ def parse_config(data: object) -> DaemonConfig:
     device = top.object("device", ("backend", "cache"))
     if not device.has("backend"):
         raise device.error("backend", "missing")
+    backend = device.object("backend", ("type", "config"))
     return DaemonConfig(
-        backend=_backend(device.object("backend", ("type", "config"))),
+        backend=_backend(backend),
         cache=_cache(device.object("cache", ("type", "compressed", "config"))),
         mode=top.str("mode", "direct", MODES),
         digest_validate=top.bool("digest_validate", False),
@@ -281,6 +286,7 @@ def parse_config(data: object) -> DaemonConfig:
             top.object("fs_prefetch", ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
         ),
         readahead=_readahead(top.object("readahead", ("whole_file_max", "window_max"))),
+        backend_as_written=backend.value,
     )
 
 

@@ -10,7 +10,6 @@ its files and connections.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -142,7 +141,7 @@ class ImageMount:
     def backend_info(self) -> dict[str, object]:
         """This mount's entry in `GET /api/v1/daemon`'s `backend_collection`."""
         backend = self.config.backend
-        options = dataclasses.asdict(backend)
+        options = self.config.backend_as_written.get("config", {})
         return {
             "backend_type": backend_type(backend),
             "mountpoint": self.id,

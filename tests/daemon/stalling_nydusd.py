@@ -21,6 +21,7 @@ from daemon.cli import LOG_LEVELS, parser, serve_options
 from daemon.config import load_config
 from daemon.serve import serve
 from daemon.storage.localfs import LocalFsBackend
+from daemon.storage.options import LocalFsConfig
 
 log = logging.getLogger("stalling-backend")
 
@@ -48,7 +49,9 @@ def main() -> int:
     args = parser().parse_args(rest)
     logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
-    backend = StallingBackend(config.backend.localfs.dir, known.stall_flag)
+    if not isinstance(config.backend, LocalFsConfig):
+        raise SystemExit("stalling_nydusd: the config's backend must be localfs")
+    backend = StallingBackend(config.backend.dir, known.stall_flag)
     trio.run(partial(serve, serve_options(args, args.bootstrap, config), backend=backend))
     return 0
 
