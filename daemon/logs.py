@@ -4,7 +4,6 @@ and `PUT /api/v1/daemon {"log_level": ...}` at run time. Stdlib only."""
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 
 from rafs.errors import ConfigError
@@ -27,7 +26,9 @@ def setup_logging(level: str, log_file: str | None = None, rotation_size_mb: int
     if log_file:
         try:
             if rotation_size_mb:
-                handler = logging.handlers.RotatingFileHandler(
+                from logging.handlers import RotatingFileHandler  # here: every start pays for imports
+
+                handler = RotatingFileHandler(
                     log_file, maxBytes=rotation_size_mb << 20, backupCount=ROTATED_FILES_KEPT, encoding="utf-8"
                 )
             else:

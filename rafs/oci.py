@@ -11,13 +11,11 @@ mount bytes it cannot read.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import platform
 import re
-import tarfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -238,6 +236,9 @@ def parse_converted_manifest(document: Mapping[str, object], where: str) -> Conv
 
 def pack_bootstrap_layer(bootstrap: bytes) -> tuple[bytes, str]:
     """The bootstrap as a tar.gz holding `image/image.boot`, and its diff_id; reproducible."""
+    import gzip  # here, not at the top: a daemon mounting a local bootstrap never needs them
+    import tarfile
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(BOOTSTRAP_PATH_IN_LAYER)
@@ -292,6 +293,9 @@ def bootstrap_in_layer(layer: IO[bytes], limit: int, where: str) -> Iterator[Unp
     a digest computed by `layer` covers every byte. Anything unreadable, or a bootstrap larger
     than `limit`, is `ImageError`.
     """
+    import gzip  # see pack_bootstrap_layer
+    import tarfile
+
     found: UnpackedBootstrap | None = None
     try:
         decompressed = cast(IO[bytes], gzip.GzipFile(fileobj=layer, mode="rb"))
