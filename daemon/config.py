@@ -80,11 +80,14 @@ class ReadaheadConfig:
     """`readahead`: this daemon's own knobs for guessing what a start needs (see `daemon.readahead`).
 
     `whole_file_max`: a file of at most this many bytes is fetched whole on its first open (0 =
-    never); `window_max`: the largest window of sequential readahead in a file (0 = none).
+    never); `window_max`: the largest window of sequential readahead in a file (0 = none);
+    `adaptive_amplify`: scale `amplify_io` by how much of what it brought was read (false: the
+    fixed window of Nydus).
     """
 
     whole_file_max: int = 256 << 20
     window_max: int = 32 << 20
+    adaptive_amplify: bool = True  # scale `amplify_io` by the share of amplified bytes read
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,7 @@ def _readahead(fields: Fields) -> ReadaheadConfig:
     return ReadaheadConfig(
         whole_file_max=fields.int("whole_file_max", 256 << 20),
         window_max=fields.int("window_max", 32 << 20),
+        adaptive_amplify=fields.bool("adaptive_amplify", True),
     )
 
 
@@ -285,7 +289,7 @@ def parse_config(data: object) -> DaemonConfig:
         fs_prefetch=_prefetch(
             top.object("fs_prefetch", ("enable", "threads_count", "merging_size", "bandwidth_rate", "prefetch_all"))
         ),
-        readahead=_readahead(top.object("readahead", ("whole_file_max", "window_max"))),
+        readahead=_readahead(top.object("readahead", ("whole_file_max", "window_max", "adaptive_amplify"))),
         backend_as_written=backend.value,
     )
 

@@ -237,6 +237,7 @@ def open_image(
             amplify_io=config.amplify_io,
             whole_file_max=config.readahead.whole_file_max,
             window_max=config.readahead.window_max,
+            adaptive_amplify=config.readahead.adaptive_amplify,
         )
         reader = FileReader(bootstrap, chunks, readahead, options.timeline)
         trace = AccessTrace(options.trace_out) if options.trace_out else None

@@ -18,6 +18,11 @@ next. It uses what the workload shows it:
   first open) also fetches the chunks stored in the `amplify_io` bytes right after it in the same
   blob, in a request of its own behind the miss's. The builder stores files in tar order (a
   package's files together) or in prefetch order, so they are often the next ones a start opens.
+  How often is measured (`adaptive_amplify`, on by default): once `LEARN_AMPLIFIED_BYTES` have
+  been brought this way, the window is `amplify_io` scaled by the share of those bytes that reads
+  have used since (full at `USED_FOR_FULL_WINDOW`, never below `MIN_AMPLIFY_FRACTION` of it).
+  On a large image whose libraries sit together it stays whole; on an image whose start reads
+  one file here and one there it shrinks, and stops fetching what nobody reads.
 
 All three queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
 demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from daemon.blob_order import BlobOrder
@@ -36,6 +42,7 @@ from daemon.chunks import ChunkSource, Priority
 from daemon.storage.fetch import ChunkRequest
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
+from rafs.records import ChunkSlice
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,11 @@ MAX_TRACKED_FILES = 4096
 # A blob's order is built on the event loop when the chunk table has at most this many records
 # (about 1 ms on the 2-core VM, ~0.5 us a record), else in a background thread.
 INLINE_ORDER_CHUNKS = 2048
+# Earned amplification: judged once this much has been brought, full window from this share used.
+LEARN_AMPLIFIED_BYTES = 4 << 20
+USED_FOR_FULL_WINDOW = 1 / 3
+MIN_AMPLIFY_FRACTION = 1 / 8
+MAX_TRACKED_AMPLIFIED = 1 << 16
 
 
 @dataclass
@@ -66,12 +78,17 @@ class Readahead:
         amplify_io: int = 1 << 20,
         whole_file_max: int = 256 << 20,
         window_max: int = 32 << 20,
+        adaptive_amplify: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
         self.chunks = chunks
         self.amplify_io = amplify_io
         self.whole_file_max = whole_file_max
         self.window_max = window_max
+        self.adaptive_amplify = adaptive_amplify
+        self._amplified: dict[int, int] = {}  # chunk index -> stored bytes: amplified, not read yet
+        self.amplified_bytes = 0  # stored bytes amplification asked for
+        self.amplified_used_bytes = 0  # of those, read since
         self._opened: set[int] = set()  # files whose first open queued them whole
         self._streams: dict[int, _Stream] = {}  # files being read in order
         self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
@@ -140,9 +157,25 @@ class Readahead:
 
     # -- blob-order amplification ----------------------------------------------------------------
 
+    def amplify_window(self) -> int:
+        """Stored bytes to bring after a miss: `amplify_io`, scaled by how much of it reads used."""
+        if not self.adaptive_amplify or self.amplified_bytes < LEARN_AMPLIFIED_BYTES:
+            return self.amplify_io
+        used = self.amplified_used_bytes / self.amplified_bytes
+        fraction = max(MIN_AMPLIFY_FRACTION, min(1.0, used / USED_FOR_FULL_WINDOW))
+        return int(self.amplify_io * fraction)
+
+    def used(self, pieces: Sequence[ChunkSlice]) -> None:
+        """A read asked for these chunks: count those that amplification brought as used."""
+        if self._amplified:
+            for piece in pieces:
+                stored = self._amplified.pop(piece.chunk_index, 0)
+                self.amplified_used_bytes += stored
+
     def along(self, requests: list[ChunkRequest]) -> list[ChunkRequest]:
-        """The absent chunks stored in the `amplify_io` bytes after the last of `requests` in each blob."""
-        if not self.amplify_io:
+        """The absent chunks stored in the window (`amplify_window`) after the last of `requests` in each blob."""
+        window = self.amplify_window() if self.amplify_io else 0
+        if not window:
             return []
         last: dict[int, ChunkRequest] = {}
         for request in requests:
@@ -154,7 +187,12 @@ class Readahead:
             order = self._blob_order(blob_index)
             if order is not None:
                 end = request.record.compressed_offset + request.record.compressed_size
-                extra += self._stored_after(order, blob_index, end, end + self.amplify_io)
+                extra += self._stored_after(order, blob_index, end, end + window)
+        if len(self._amplified) + len(extra) > MAX_TRACKED_AMPLIFIED:
+            self._amplified.clear()  # bounded memory; the counts stay
+        for request in extra:
+            self._amplified[request.chunk_index] = request.record.compressed_size
+            self.amplified_bytes += request.record.compressed_size
         return extra
 
     def _blob_order(self, blob_index: int) -> BlobOrder | None:

@@ -31,6 +31,7 @@ class FileReader:
         """Bytes [offset, offset+size) of file `ino`, short only at the end of the file."""
         pieces = self.bootstrap.chunk_span(ino, offset, size)
         self.readahead.followed(ino, offset, size)
+        self.readahead.used(pieces)
         parts = await self.chunks.read(pieces)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.timeline is not None:

@@ -18,6 +18,7 @@ from daemon import readahead
 from daemon.blob_order import BlobOrder
 from daemon.chunks import ChunkSource
 from daemon.readahead import Readahead
+from daemon.reader import FileReader
 from daemon.storage.cache import ChunkKey, DiskChunkCache
 from rafs import layout
 from rafs.bootstrap import Bootstrap
@@ -238,3 +239,39 @@ async def test_a_large_table_is_ordered_in_the_background_without_delaying_the_f
         await idle(source)
         assert await read(source, bootstrap, "c") == contents["c"]
         assert len(backend.reads) == 3
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("adaptive", [True, False], ids=["earned", "fixed"])
+async def test_amplification_shrinks_while_what_it_brings_goes_unread(
+    image: Image, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, adaptive: bool
+) -> None:
+    """The window is `amplify_io` times the share of amplified bytes that reads used (full from
+    `USED_FOR_FULL_WINDOW`, at least `MIN_AMPLIFY_FRACTION`); `adaptive_amplify: false` keeps it fixed."""
+    monkeypatch.setattr(readahead, "LEARN_AMPLIFIED_BYTES", 1)  # judge from the first amplified chunk
+    bootstrap, _, contents = image
+    b, c = chunk_of(bootstrap, "b"), chunk_of(bootstrap, "c")
+    source, backend, policies = source_for(image, tmp_path, AMPLIFY)
+    policies.adaptive_amplify = adaptive
+    reader = FileReader(bootstrap, source, policies)
+    async with running(source):
+        assert await reader.read(resolve(bootstrap, "a"), 0, 3000) == contents["a"]  # brings b and c along
+        await idle(source)
+        assert policies.amplified_bytes == b.compressed_size + c.compressed_size
+        assert policies.amplified_used_bytes == 0
+        assert policies.amplify_window() == (int(AMPLIFY * readahead.MIN_AMPLIFY_FRACTION) if adaptive else AMPLIFY)
+        reads = len(backend.reads)
+        assert await reader.read(resolve(bootstrap, "b"), 0, 3000) == contents["b"]  # a hit: b was brought
+        assert len(backend.reads) == reads
+        assert policies.amplified_used_bytes == b.compressed_size
+        share = b.compressed_size / (b.compressed_size + c.compressed_size)
+        assert share >= readahead.USED_FOR_FULL_WINDOW
+        assert policies.amplify_window() == AMPLIFY
+        assert await reader.read(resolve(bootstrap, "b"), 0, 3000) == contents["b"]  # counted once
+        assert policies.amplified_used_bytes == b.compressed_size
+
+
+def resolve(bootstrap: Bootstrap, name: str) -> int:
+    ino = bootstrap.resolve("/" + name)
+    assert ino is not None
+    return ino

@@ -34,7 +34,7 @@ FULL = {
     "enable_xattr": False,
     "amplify_io": 4096,
     "fs_prefetch": {"enable": False, "threads_count": 2, "merging_size": 65536, "bandwidth_rate": 10},
-    "readahead": {"whole_file_max": 0, "window_max": 1 << 20},
+    "readahead": {"whole_file_max": 0, "window_max": 1 << 20, "adaptive_amplify": False},
 }
 
 
@@ -46,6 +46,7 @@ def test_full_config_is_read() -> None:
     assert config.fs_prefetch.threads_count == 2 and config.fs_prefetch.merging_size == 65536
     assert not config.fs_prefetch.enable
     assert (config.readahead.whole_file_max, config.readahead.window_max) == (0, 1 << 20)
+    assert config.readahead.adaptive_amplify is False
 
 
 def test_defaults() -> None:
@@ -57,6 +58,7 @@ def test_defaults() -> None:
     assert config.fs_prefetch.enable and not config.fs_prefetch.prefetch_all
     assert config.fs_prefetch.threads_count == 8 and config.amplify_io == 1 << 20
     assert config.readahead.whole_file_max == 256 << 20 and config.readahead.window_max == 32 << 20
+    assert config.readahead.adaptive_amplify is True
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,7 @@ def test_defaults() -> None:
         (lambda c: c.update(mode="fast"), "mode"),
         (lambda c: c["readahead"].update(whole_file=1), "readahead.whole_file"),
         (lambda c: c["readahead"].update(window_max=-1), "readahead.window_max"),
+        (lambda c: c["readahead"].update(adaptive_amplify="yes"), "readahead.adaptive_amplify"),
         (lambda c: c["device"]["backend"].update(type="s3"), "device.backend.type"),
         (lambda c: c["device"]["backend"].update(type="registry"), "device.backend.config.dir"),
         (lambda c: c["device"]["backend"].update(type="http"), "device.backend.config.dir"),
