@@ -186,6 +186,7 @@ class RegistryClient:
         retry: bool = True,
         on_success: Callable[[requests.Response], None] | None = None,
         proxy: ProxyRoute | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         """One request with the auth dance: at most one 401 is answered, a second is an `RegistryAuthError`.
 
@@ -197,7 +198,7 @@ class RegistryClient:
         retry_statuses = frozenset() if proxy is not None else RETRY_STATUSES
         response = self.transport.request(
             method, url, headers={**all_headers, **sent_auth}, body=body, retry=retry, on_success=on_success,
-            proxies=proxies, retry_statuses=retry_statuses,
+            proxies=proxies, retry_statuses=retry_statuses, stream=stream,
         )  # fmt: skip
         if response.status_code != 401:
             return response
@@ -210,7 +211,7 @@ class RegistryClient:
         retry_auth = self.auth.header(endpoint.host, repo, actions, fresh=True)
         response = self.transport.request(
             method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success,
-            proxies=proxies, retry_statuses=retry_statuses,
+            proxies=proxies, retry_statuses=retry_statuses, stream=stream,
         )  # fmt: skip
         if response.status_code == 401:
             detail = _registry_message(self.transport, response)
@@ -283,12 +284,16 @@ class RegistryClient:
         return None
 
     def _probe(self, mirror: MirrorRoute, ref: ImageReference, path: str) -> Probe:
-        """Whether `mirror` serves ranges of the blob at `path` yet (one `HEAD` with a range)."""
+        """Whether `mirror` serves ranges of the blob at `path` yet: a one-byte range GET whose
+        answer is closed unread. Not a HEAD: docker-registry answers a HEAD of an uncached blob
+        by copying the whole blob from the origin and discarding it; a GET's copy stops soon
+        after we hang up."""
         endpoint = mirror.endpoint
         try:
             response = self._send(
-                "HEAD", endpoint, endpoint.base_url + path, ref.repository, headers={"Range": "bytes=0-0"}, retry=False
-            )
+                "GET", endpoint, endpoint.base_url + path, ref.repository, headers={"Range": "bytes=0-0"},
+                retry=False, stream=True,
+            )  # fmt: skip
         except RegistryAuthError:
             return Probe.ABSENT
         except (RemoteError, backend.BackendError) as error:

@@ -9,15 +9,19 @@ answers a `Range` request for a blob it has not cached with `200` and the whole 
 from the origin, and every such request while it is still caching pulls its own copy from the
 origin. A daemon that sent its ranges there at once would have each of its range requests,
 and those of every other host starting the same image, pull the blob again. So before the
-first range of a blob goes to a mirror, one `HEAD` with `Range: bytes=0-0` asks:
+first range of a blob goes to a mirror, one probe (a GET of `Range: bytes=0-0`, hung up on
+unread) asks:
 - `206`: the mirror serves ranges of it from its cache; ranges go there from now on;
-- `200`: not cached yet; that probe has also made the mirror start caching it (at the cost of
-  a few kilobytes from the origin), so readers wait, sharing one probe per `probe_interval_s`
-  among all threads, until it answers `206`, or until `cold_wait_s` has passed since the blob
-  was found cold, after which reads of it go past this mirror (to the next, or the origin)
-  without waiting, one probe per interval still watching for it.
-Waiting rather than going to the origin meanwhile is the choice that keeps the origin link
-flat when many hosts start at once: each host's wait costs a probe, not a copy.
+- `200`: not cached yet; that probe has also made the mirror start caching it, so readers
+  wait, sharing one probe per `probe_interval_s` among all threads, until it answers `206`, or
+  until `cold_wait_s` has passed since the blob was found cold, after which reads of it go past
+  this mirror (to the next, or the origin) without waiting, one probe per interval still
+  watching for it.
+A probe of a cold blob is not free: the mirror starts a copy from the origin for it, which
+stops when its write to us fails (measured ~1 MB at 200 Mbit/s; a HEAD would be worse: the
+registry copies the whole blob for a HEAD and discards it). Waiting rather than going to the
+origin meanwhile keeps the origin link flat when many hosts start at once: each host's wait
+costs a probe or two, not a copy of what it reads.
 """
 
 from __future__ import annotations
