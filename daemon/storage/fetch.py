@@ -129,7 +129,7 @@ def fetch_chunks(
                 else:
                     again.append(request)
     for request in again:
-        log.warning("fetching again from the origin after a failed verification: %s", results[request.key])
+        log.warning("fetching again after a failed verification, from the origin: %s", results[request.key])
         with reading(origin_only=True):
             run_results = fetch_run(backend, [request], digester)
         publish(cache, [request], run_results)
