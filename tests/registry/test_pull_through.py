@@ -23,6 +23,7 @@ from daemon.storage.options import Mirror
 from daemon.storage.registry import RegistryClient, RegistryOptions
 from daemon.storage.transport import HttpTransport, range_header, slice_range
 from rafs.oci import ImageReference, sha256_digest
+from tests.registry.images import push_image, sample_image
 from tests.registry_fixture import RunningRegistry, start_registry
 
 BLOB_BYTES = 16 << 20
@@ -153,3 +154,23 @@ def test_a_mirror_that_cannot_cache_the_blob_is_passed_by(pull_through: PullThro
         assert client.read_blob_range(pull_through.ref, pull_through.digest, 0, 100) == pull_through.blob[:100]
     finally:
         client.close()
+
+
+def test_nydusify_warm_leaves_every_blob_cached(registry: RunningRegistry, tmp_path: Path) -> None:
+    from builder.nydusify import main
+
+    mirror = start_registry(tmp_path / "warm-mirror", remote_url=registry.url)
+    try:
+        image = sample_image()
+        ref = ImageReference.parse(f"{registry.host}/demo/warmed:v1")
+        plain = RegistryClient(RegistryOptions(docker_config=""))
+        push_image(plain, ref, image)
+        plain.close()
+        digests = [sha256_digest(image.config), *(sha256_digest(layer) for layer in image.layers)]
+        url = f"{mirror.url}/v2/demo/warmed/blobs/"
+        assert requests.get(url + digests[-1], headers=range_header(0, 1)).status_code == 200  # cold
+        assert main(["warm", "--target", str(ref), "--mirror", f"http://{mirror.host}", "--timeout", "60"]) == 0
+        for digest in digests:
+            assert requests.get(url + digest, headers=range_header(0, 1)).status_code == 206
+    finally:
+        mirror.stop()

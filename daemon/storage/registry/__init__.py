@@ -22,6 +22,7 @@ from daemon.storage.registry.errors import (
     RegistryError,
     RegistryRangeNotSatisfied,
 )
+from daemon.storage.registry.mirrors import Probe
 from daemon.storage.registry.proxy import ProxyError, ProxyForbidden, ProxyRateLimited, ProxyUnavailable
 from daemon.storage.transport import RemoteError, RemoteUnavailable, TlsError
 
@@ -31,6 +32,7 @@ __all__ = [
     "Manifest",
     "ManifestNotFound",
     "Mirror",
+    "Probe",
     "Proxy",
     "ProxyError",
     "ProxyForbidden",

@@ -306,6 +306,13 @@ class RegistryClient:
             return Probe.RANGES
         return Probe.COLD if response.status_code == 200 else Probe.ABSENT
 
+    def mirror_serves(self, index: int, ref: ImageReference, digest: str) -> Probe:
+        """Whether mirror `index` serves blob `digest` from its cache, after waiting for it as a
+        read would (up to `mirror_cold_wait_s`); asking is what sets a pull-through mirror caching."""
+        mirror = self.mirrors[index]
+        path = f"{ref.repository}/blobs/{digest}"
+        return mirror.gate.ready(digest, lambda: self._probe(mirror, ref, path))
+
     def _read_via_proxy(
         self,
         method: str,
