@@ -37,7 +37,7 @@ from daemon.storage.health import HealthCheck
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBE_INTERVAL_S = 0.25
+DEFAULT_PROBE_INTERVAL_S = 0.5
 DEFAULT_COLD_WAIT_S = 60.0
 
 
