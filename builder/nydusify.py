@@ -1,4 +1,5 @@
-"""`nydusify convert|check`: turn an OCI image into this project's lazy-loading image, and verify one.
+"""`nydusify convert|check|warm`: turn an OCI image into this project's lazy-loading image, verify one,
+and have a registry mirror cache one (`builder.warm`).
 
 `convert` pulls the source (a registry reference or `oci:DIR[:tag]`), builds it with
 `builder.build.build`, and pushes a Nydus-style artifact: one layer per blob
@@ -25,7 +26,8 @@ from builder.build import BuildOptions, build
 from builder.check import check as check_bootstrap
 from builder.oci_layout import read_layout, split_reference
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
-from daemon.storage.registry import HttpOptions, RegistryClient, RegistryOptions
+from builder.warm import warm
+from daemon.storage.registry import HttpOptions, Mirror, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
 from rafs.errors import ConvertError, ImageError
@@ -282,7 +284,31 @@ def _parser() -> argparse.ArgumentParser:
         if name == "convert":
             command.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
             command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
+    command = commands.add_parser("warm", help="have a registry mirror cache a converted image")
+    command.add_argument("--target", required=True, help="host[:port]/repo[:tag]: the image, named by its origin")
+    command.add_argument("--mirror", required=True, help="the mirror: host[:port] or http(s)://host[:port]")
+    command.add_argument("--plain-http", action="store_true", help="plain HTTP (default only for loopback)")
+    command.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each blob to be cached")
     return parser
+
+
+def _warm(arguments: argparse.Namespace) -> int:
+    mirror = arguments.mirror
+    plain_http = True if arguments.plain_http else None
+    if "://" in mirror:
+        plain_http, mirror = mirror.startswith("http://"), mirror.split("://", 1)[1].rstrip("/")
+    options = RegistryOptions(
+        plain_http=True if arguments.plain_http else None,
+        mirrors=(Mirror(mirror, plain_http=plain_http),),
+        mirror_cold_wait_s=arguments.timeout,
+    )
+    client = RegistryClient(options)
+    try:
+        result = warm(client, ImageReference.parse(arguments.target))
+    finally:
+        client.close()
+    print(f"OK: {mirror} serves {arguments.target}: {result.blobs} blobs, {result.bytes} bytes, {result.seconds:.1f} s")
+    return 0
 
 
 def _client(arguments: argparse.Namespace) -> RegistryClient:
@@ -293,6 +319,8 @@ def _client(arguments: argparse.Namespace) -> RegistryClient:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    if arguments.command == "warm":
+        return _warm(arguments)
     target = ImageReference.parse(arguments.target)
     platforms: tuple[Platform, ...] = (arguments.platform,) if arguments.platform else host_platforms()
     client = _client(arguments)

@@ -42,6 +42,7 @@ import trio
 from daemon.storage.backend import BackendError, BlobBackend
 from daemon.storage.cache import ChunkCache, ChunkKey
 from daemon.storage.fetch import ChunkRequest, ChunkResult, fetch_chunks, merge_ranges, run_bytes
+from daemon.storage.purpose import ReadPurpose, reading
 from daemon.timeline import Timeline
 from rafs.bootstrap import Bootstrap
 from rafs.digest import chunk_digest
@@ -257,16 +258,20 @@ class ChunkSource:
             else:
                 results[request.key] = data
         if missing:
-            results.update(
-                fetch_chunks(
-                    self.backend,
-                    self.cache,
-                    missing,
-                    digester=self.bootstrap.digester,
-                    merging_size=run_bytes(job.run),
-                    optional=job.optional,
+            # The backend hears a job's purpose (Dragonfly's proxy is told a priority; a rate
+            # limit stops prefetch only); readahead rides with demand, as in Nydus.
+            purpose = ReadPurpose.PREFETCH if job.priority == Priority.PREFETCH else ReadPurpose.ON_DEMAND
+            with reading(purpose=purpose):
+                results.update(
+                    fetch_chunks(
+                        self.backend,
+                        self.cache,
+                        missing,
+                        digester=self.bootstrap.digester,
+                        merging_size=run_bytes(job.run),
+                        optional=job.optional,
+                    )
                 )
-            )
         return results
 
     # -- wanting chunks ---------------------------------------------------------------------------

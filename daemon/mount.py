@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from daemon.chunks import ChunkSource
 from daemon.config import CacheConfig, DaemonConfig
+from daemon.health import run_health_checks
 from daemon.metered import MeteredOperations
 from daemon.metrics import BackendMetrics, FsMetrics, Inflight, MeteredBackend
 from daemon.prefetch import Prefetcher
@@ -27,6 +29,7 @@ from daemon.reader import FileReader
 from daemon.storage.backend import BlobBackend
 from daemon.storage.backends import open_backend
 from daemon.storage.cache import DATA_SUFFIX, INDEX_SUFFIX, ChunkCache, DiskChunkCache, MemoryChunkCache, blob_usage
+from daemon.storage.health import HealthCheck, HealthChecked
 from daemon.storage.options import BackendConfig, HttpConfig, LocalFsConfig
 from daemon.timeline import Timeline
 from daemon.trace import AccessTrace
@@ -95,6 +98,7 @@ class ImageMount:
     mounted_time: float = field(default_factory=time.time)
     prefetcher: Prefetcher | None = None
     prefetch_times: PrefetchTimes = field(default_factory=PrefetchTimes)
+    health_checks: Sequence[HealthCheck] = ()  # the backend's mirrors and proxy, pinged while mounted
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _distinct_chunks: int | None = None
 
@@ -103,11 +107,13 @@ class ImageMount:
         return self.options.id
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Fetch workers and prefetch, until `stop` (or the daemon's nursery is cancelled)."""
+        """Fetch workers, health checks and prefetch, until `stop` (or the daemon's nursery is cancelled)."""
         with self._scope:
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.chunks.run)
+                    if self.health_checks:
+                        await nursery.start(run_health_checks, self.health_checks)
                     prefetch = self.config.fs_prefetch
                     if prefetch.enable or self.options.prefetch_files is not None:
                         self.prefetcher = Prefetcher(
@@ -260,5 +266,6 @@ def open_image(
         trace=trace,
     )
     return ImageMount(
-        source, config, options, bootstrap, metered, cache, chunks, operations, metrics, backend_metrics, trace
-    )
+        source, config, options, bootstrap, metered, cache, chunks, operations, metrics, backend_metrics, trace,
+        health_checks=inner.health_checks() if isinstance(inner, HealthChecked) else (),
+    )  # fmt: skip

@@ -68,8 +68,13 @@ class RunningRegistry:
                 self.process.wait(timeout=10)
 
 
-def _write_config(root: Path, port: int, auth: dict[str, object] | None, tls: dict[str, str] | None) -> Path:
-    """The registry's YAML config. JSON is valid YAML, so it is written with `json`."""
+def _write_config(
+    root: Path, port: int, auth: dict[str, object] | None, tls: dict[str, str] | None, remote_url: str = ""
+) -> Path:
+    """The registry's YAML config. JSON is valid YAML, so it is written with `json`.
+
+    `remote_url` makes it a pull-through cache of that registry (`proxy: remoteurl:`).
+    """
     config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": True}},
@@ -80,13 +85,15 @@ def _write_config(root: Path, port: int, auth: dict[str, object] | None, tls: di
         config["auth"] = auth
     if tls:
         config["http"]["tls"] = tls  # type: ignore[index]
+    if remote_url:
+        config["proxy"] = {"remoteurl": remote_url}
     path = root / "config.yml"
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
 def start_registry(
-    root: Path, auth: dict[str, object] | None = None, tls: dict[str, str] | None = None
+    root: Path, auth: dict[str, object] | None = None, tls: dict[str, str] | None = None, remote_url: str = ""
 ) -> RunningRegistry:
     """Start `docker-registry` on a free loopback port and wait until `/v2/` answers."""
     if not shutil.which(REGISTRY_BINARY):
@@ -95,7 +102,7 @@ def start_registry(
     last_error = ""
     for _ in range(3):  # a port taken between probing and binding: try another
         port = free_port()
-        config = _write_config(root, port, auth, tls)
+        config = _write_config(root, port, auth, tls, remote_url)
         log_path = root / f"registry-{port}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(

@@ -4,9 +4,10 @@ Synchronous: the daemon calls `fetch_chunks` from a worker thread. Every chunk i
 against its digest before anything is published (`rafs.blob.decode_run`); what verified goes to
 the cache as uncompressed bytes, so a later hit needs no decompression and no digest. A chunk
 that fails is reported as a `ChunkError` for that chunk alone and never reaches the cache, while
-its neighbours in the same range are served. A failed chunk is fetched once more on its own
-(bytes altered in transit pass the second time; a corrupt blob fails again and its error
-stands), except `optional` chunks (readahead: nobody waits for them), which are just not cached.
+its neighbours in the same range are served. A failed chunk is fetched once more on its own,
+from the origin (past any mirror or proxy, which may be what altered it: bytes altered in
+transit or by a cache pass the second time; a corrupt blob fails again and its error stands),
+except `optional` chunks (readahead: nobody waits for them), which are just not cached.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from daemon.storage.backend import BackendError, BlobBackend
 from daemon.storage.cache import CacheError, ChunkCache, ChunkKey
+from daemon.storage.purpose import reading
 from rafs.blob import decode_run
 from rafs.errors import ChunkError, NydusError
 from rafs.records import BlobRecord, ChunkRecord
@@ -127,8 +129,9 @@ def fetch_chunks(
                 else:
                     again.append(request)
     for request in again:
-        log.warning("fetching again after a failed verification: %s", results[request.key])
-        run_results = fetch_run(backend, [request], digester)
+        log.warning("fetching again after a failed verification, from the origin: %s", results[request.key])
+        with reading(origin_only=True):
+            run_results = fetch_run(backend, [request], digester)
         publish(cache, [request], run_results)
         results.update(run_results)
     return results

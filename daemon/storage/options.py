@@ -88,6 +88,10 @@ class RegistryOptions:
     docker_config: str | None = None  # None: $DOCKER_CONFIG/config.json or ~/.docker/config.json; "": none
     mirrors: tuple[Mirror, ...] = ()
     proxy: Proxy | None = None  # never together with mirrors
+    # How long a range read waits for a mirror to cache a blob it found cold (a pull-through
+    # registry's first answer is the whole blob), and how often it asks; not Nydus config keys.
+    mirror_cold_wait_s: float = 60.0
+    mirror_probe_interval_s: float = 0.5
     platforms: tuple[Platform, ...] = ()  # empty: the host's, then linux/amd64
     upload_chunk_size: int = 0  # 0: monolithic uploads; else PATCH chunks of this size
     bootstrap_size_limit: int = DEFAULT_BOOTSTRAP_SIZE_LIMIT  # `nydusd --image`: the largest bootstrap accepted

@@ -101,8 +101,13 @@ class HttpTransport:
         stream: bool = False,
         retry: bool = True,
         on_success: Callable[[requests.Response], None] | None = None,
+        proxies: Mapping[str, str] | None = None,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
     ) -> requests.Response:
         """Send until a non-retryable answer; `on_success` runs inside the loop for 2xx answers.
+
+        `proxies` (scheme -> proxy URL) sends the request through an HTTP forward proxy;
+        `retry_statuses` are the answers retried (the others come back to the caller).
 
         `on_success` may raise `TruncatedBody` (or let a broken stream's exception escape) to have
         the attempt retried: that is how a body cut short mid-way is fetched again.
@@ -123,8 +128,9 @@ class HttpTransport:
                     stream=True,
                     timeout=(self.options.connect_timeout_s, self.options.timeout_s),
                     allow_redirects=True,
+                    proxies=dict(proxies) if proxies else None,
                 )
-                if response.status_code in RETRY_STATUSES:
+                if response.status_code in retry_statuses:
                     problem = f"HTTP {response.status_code}"
                     retry_after_s = _retry_after_s(response)
                     response.close()
@@ -213,6 +219,18 @@ class HttpTransport:
         log.info("retrying in %.2fs after %s", delay, problem)
         if self._closed.wait(delay):
             raise RemoteUnavailable("transport closed while waiting to retry")
+
+    def ping(self, url: str) -> bool:
+        """Whether `url` answers below 400 (or 401: a registry's `/v2/` asking for a login is up)
+        within the connect timeout. Never retried, never raises: a health check's question."""
+        timeout_s = self.options.connect_timeout_s
+        try:
+            response = self.session.get(url, timeout=(timeout_s, timeout_s), stream=True, allow_redirects=False)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
+            log.debug("ping %s: %s", url, _describe(error))
+            return False
+        response.close()
+        return response.status_code < 400 or response.status_code == 401
 
     def close(self) -> None:
         self._closed.set()

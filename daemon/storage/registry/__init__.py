@@ -2,7 +2,9 @@
 
 Layout:
 - `auth.py`: challenges, docker config logins, bearer tokens;
-- `client.py`: `RegistryClient` (manifests, blobs, ranges, uploads; mirrors before the origin);
+- `client.py`: `RegistryClient` (manifests, blobs, ranges, uploads; mirrors or the proxy before the origin);
+- `mirrors.py`: mirror endpoints and the range gate (a pull-through mirror's first answer is the whole blob);
+- `proxy.py`: Dragonfly's proxy: its rules, headers and errors;
 - `backend.py`: `RegistryBackend`, the `BlobBackend` adapter;
 - `errors.py`: `RegistryError` and its branches.
 Every other module imports from this package, never from one of its modules.
@@ -20,6 +22,8 @@ from daemon.storage.registry.errors import (
     RegistryError,
     RegistryRangeNotSatisfied,
 )
+from daemon.storage.registry.mirrors import Probe
+from daemon.storage.registry.proxy import ProxyError, ProxyForbidden, ProxyRateLimited, ProxyUnavailable
 from daemon.storage.transport import RemoteError, RemoteUnavailable, TlsError
 
 __all__ = [
@@ -28,7 +32,12 @@ __all__ = [
     "Manifest",
     "ManifestNotFound",
     "Mirror",
+    "Probe",
     "Proxy",
+    "ProxyError",
+    "ProxyForbidden",
+    "ProxyRateLimited",
+    "ProxyUnavailable",
     "RegistryAuthError",
     "RegistryBackend",
     "RegistryBlobNotFound",

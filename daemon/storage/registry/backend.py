@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from daemon.storage.backend import check_blob_id
+from daemon.storage.health import HealthCheck
 from daemon.storage.registry.client import RegistryClient
 from daemon.storage.registry.errors import RegistryBlobNotFound
 from rafs.oci import ImageReference
@@ -28,6 +31,9 @@ class RegistryBackend:
         if size is None:
             raise RegistryBlobNotFound("blob not found", repo=self.image.repository, digest=digest)
         return size
+
+    def health_checks(self) -> Sequence[HealthCheck]:
+        return self.client.health_checks()
 
     def close(self) -> None:
         self.client.close()

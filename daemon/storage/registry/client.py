@@ -6,7 +6,11 @@ What it promises:
 - plain HTTP only for loopback hosts or when asked; TLS (optionally without verification) otherwise;
 - authentication as `daemon.storage.registry.auth` describes;
 - connection errors, truncated bodies, 429 and 5xx retried with backoff (in `HttpTransport`);
-- `mirrors` tried first for reads, each once, falling back to the origin;
+- `mirrors` tried first for reads, each once, falling back to the origin; a mirror failing
+  `failure_limit` times is skipped until its ping answers, and blob ranges go to a mirror only
+  once it serves them from its cache (`daemon.storage.registry.mirrors`);
+- with `proxy`, blob reads go through Dragonfly's proxy by its rules (`...registry.proxy`);
+- a read marked origin-only (`daemon.storage.purpose`) skips mirrors and proxy;
 - every blob and manifest fetched by digest is verified against it.
 """
 
@@ -25,7 +29,9 @@ from urllib.parse import urljoin
 import requests
 
 from daemon.storage import backend
-from daemon.storage.options import RegistryOptions
+from daemon.storage.health import HealthCheck
+from daemon.storage.options import Mirror, Proxy, RegistryOptions
+from daemon.storage.purpose import ReadPurpose, current_read
 from daemon.storage.registry.auth import DOCKER_HUB_HOST, Authenticator, parse_challenge, with_query
 from daemon.storage.registry.errors import (
     DigestMismatch,
@@ -35,8 +41,17 @@ from daemon.storage.registry.errors import (
     RegistryError,
     RegistryRangeNotSatisfied,
 )
+from daemon.storage.registry.mirrors import Endpoint, MirrorRoute, Probe, RangeGate
+from daemon.storage.registry.proxy import (
+    ERROR_TYPE_HEADER,
+    ProxyForbidden,
+    ProxyRateLimited,
+    ProxyRoute,
+    ProxyUnavailable,
+)
 from daemon.storage.transport import (
     MAX_SMALL_BODY_BYTES,
+    RETRY_STATUSES,
     Body,
     HttpTransport,
     RemoteError,
@@ -68,14 +83,6 @@ class Manifest:
     @property
     def is_index(self) -> bool:
         return self.media_type in oci.INDEX_TYPES or "manifests" in self.document
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    host: str
-    base_url: str  # scheme://host/v2/
-    headers: Mapping[str, str]
-    is_mirror: bool
 
 
 def is_loopback(host: str) -> bool:
@@ -119,6 +126,8 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self.transport = HttpTransport(self.options.http)
         self.auth = Authenticator(self.options, self.transport)
+        self.mirrors = [self._mirror_route(mirror) for mirror in self.options.mirrors]
+        self.proxy = self._proxy_route(self.options.proxy) if self.options.proxy is not None else None
 
     # ---- endpoints and authentication
 
@@ -129,20 +138,45 @@ class RegistryClient:
             plain_http = is_loopback(_host_without_port(host_port))
         return "http" if plain_http else "https"
 
-    def _endpoints(self, ref: ImageReference, *, read: bool) -> list[_Endpoint]:
-        endpoints = []
-        if read:
-            for mirror in self.options.mirrors:
-                scheme = self._scheme(mirror.host, mirror.plain_http)
-                endpoints.append(_Endpoint(mirror.host, f"{scheme}://{mirror.host}/v2/", mirror.headers, True))
+    def _mirror_route(self, mirror: Mirror) -> MirrorRoute:
+        base = f"{self._scheme(mirror.host, mirror.plain_http)}://{mirror.host}"
+        health = HealthCheck(
+            f"mirror {mirror.host}",
+            mirror.ping_url or f"{base}/v2/",
+            self.transport.ping,
+            interval_s=mirror.health_check_interval_s,
+            pause_elapsed_s=mirror.health_check_pause_elapsed_s,
+            failure_limit=mirror.failure_limit,
+            recover_only=True,
+        )
+        gate = RangeGate(self.options.mirror_probe_interval_s, self.options.mirror_cold_wait_s)
+        return MirrorRoute(Endpoint(mirror.host, f"{base}/v2/", mirror.headers, True), health, gate)
+
+    def _proxy_route(self, proxy: Proxy) -> ProxyRoute:
+        health = HealthCheck(
+            f"proxy {proxy.url}",
+            proxy.ping_url,
+            self.transport.ping,
+            interval_s=proxy.check_interval_s,
+            pause_elapsed_s=proxy.check_pause_elapsed_s,
+        )
+        return ProxyRoute(proxy, health)
+
+    def health_checks(self) -> list[HealthCheck]:
+        """The pings someone must run while this client serves (see `daemon.storage.health`)."""
+        checks = [mirror.health for mirror in self.mirrors]
+        if self.proxy is not None:
+            checks.append(self.proxy.health)
+        return checks
+
+    def _origin(self, ref: ImageReference) -> Endpoint:
         host = DOCKER_HUB_HOST if ref.registry == oci.DOCKER_HUB else ref.registry
-        endpoints.append(_Endpoint(host, f"{self._scheme(host, None)}://{host}/v2/", {}, False))
-        return endpoints
+        return Endpoint(host, f"{self._scheme(host, None)}://{host}/v2/", {}, False)
 
     def _send(
         self,
         method: str,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         url: str,
         repo: str,
         *,
@@ -151,13 +185,21 @@ class RegistryClient:
         body: Body = None,
         retry: bool = True,
         on_success: Callable[[requests.Response], None] | None = None,
+        proxy: ProxyRoute | None = None,
+        stream: bool = False,
     ) -> requests.Response:
-        """One request with the auth dance: at most one 401 is answered, a second is an `RegistryAuthError`."""
+        """One request with the auth dance: at most one 401 is answered, a second is an `RegistryAuthError`.
+
+        Through `proxy`, every answer comes back as it is (nothing is retried): its rules decide.
+        """
         sent_auth = self.auth.header(endpoint.host, repo, actions, fresh=False)
         all_headers = {**endpoint.headers, **(headers or {})}
+        proxies = proxy.proxies if proxy is not None else None
+        retry_statuses = frozenset() if proxy is not None else RETRY_STATUSES
         response = self.transport.request(
-            method, url, headers={**all_headers, **sent_auth}, body=body, retry=retry, on_success=on_success
-        )
+            method, url, headers={**all_headers, **sent_auth}, body=body, retry=retry, on_success=on_success,
+            proxies=proxies, retry_statuses=retry_statuses, stream=stream,
+        )  # fmt: skip
         if response.status_code != 401:
             return response
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -168,8 +210,9 @@ class RegistryClient:
             raise RegistryAuthError(f"registry {endpoint.host} refused the credentials", url=url, repo=repo)
         retry_auth = self.auth.header(endpoint.host, repo, actions, fresh=True)
         response = self.transport.request(
-            method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success
-        )
+            method, url, headers={**all_headers, **retry_auth}, body=body, retry=retry, on_success=on_success,
+            proxies=proxies, retry_statuses=retry_statuses, stream=stream,
+        )  # fmt: skip
         if response.status_code == 401:
             detail = _registry_message(self.transport, response)
             raise RegistryAuthError(f"registry {endpoint.host} refused the credentials: {detail}", url=url, repo=repo)
@@ -184,25 +227,151 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         on_success: Callable[[requests.Response], None] | None = None,
     ) -> requests.Response:
-        """A read from the first mirror that answers 2xx, else from the origin."""
-        endpoints = self._endpoints(ref, read=True)
-        for endpoint in endpoints[:-1]:
-            try:
-                response = self._send(
-                    method, endpoint, endpoint.base_url + path, ref.repository,
-                    headers=headers, retry=False, on_success=on_success,
-                )  # fmt: skip
-            except (RemoteError, backend.BackendError) as error:
-                log.info("mirror %s failed (%s); trying the next", endpoint.host, error)
-                continue
-            if 200 <= response.status_code < 300:
-                return response
-            log.info("mirror %s answered HTTP %d; trying the next", endpoint.host, response.status_code)
-            response.close()
-        origin = endpoints[-1]
+        """A read through the proxy (blobs only), else from the first mirror that answers 2xx,
+        else from the origin. A blob GET goes to a mirror only once the mirror serves the blob
+        from its cache (see `RangeGate`): a range, or a whole blob such as a bootstrap layer,
+        read from a pull-through mirror still caching it would pull a copy of its own."""
+        origin = self._origin(ref)
+        context = current_read()
+        if not context.origin_only:
+            if self.proxy is not None and "/blobs/" in path:
+                response = self._read_via_proxy(method, origin, ref, path, headers, on_success, context.purpose)
+                if response is not None:
+                    return response
+            for mirror in self.mirrors:
+                response = self._read_from_mirror(mirror, method, ref, path, headers, on_success)
+                if response is not None:
+                    return response
         return self._send(
             method, origin, origin.base_url + path, ref.repository, headers=headers, on_success=on_success
         )
+
+    def _read_from_mirror(
+        self,
+        mirror: MirrorRoute,
+        method: str,
+        ref: ImageReference,
+        path: str,
+        headers: Mapping[str, str] | None,
+        on_success: Callable[[requests.Response], None] | None,
+    ) -> requests.Response | None:
+        """The mirror's 2xx answer, or None to go past it (skipped, failed, or without the blob)."""
+        if not mirror.health.usable():
+            return None
+        endpoint = mirror.endpoint
+        _, blobs, digest = path.rpartition("/blobs/")
+        gated = method == "GET" and bool(blobs) and digest.startswith("sha256:")
+        if gated and mirror.gate.ready(digest, lambda: self._probe(mirror, ref, path)) != Probe.RANGES:
+            return None
+        try:
+            response = self._send(
+                method, endpoint, endpoint.base_url + path, ref.repository,
+                headers=headers, retry=False, on_success=on_success,
+            )  # fmt: skip
+        except RegistryAuthError as error:
+            log.info("mirror %s refused us (%s); trying the next", endpoint.host, error)
+            return None
+        except (RemoteError, backend.BackendError) as error:
+            log.info("mirror %s failed (%s); trying the next", endpoint.host, error)
+            mirror.health.failed(str(error))
+            return None
+        if 200 <= response.status_code < 300:
+            mirror.health.succeeded()
+            if gated and response.status_code == 200 and "Range" in (headers or {}):
+                mirror.gate.went_cold(digest)  # read only as far as needed (`slice_range`), then dropped
+            return response
+        log.info("mirror %s answered HTTP %d; trying the next", endpoint.host, response.status_code)
+        response.close()
+        return None
+
+    def _probe(self, mirror: MirrorRoute, ref: ImageReference, path: str) -> Probe:
+        """Whether `mirror` serves ranges of the blob at `path` yet: a one-byte range GET whose
+        answer is closed unread. Not a HEAD: docker-registry answers a HEAD of an uncached blob
+        by copying the whole blob from the origin and discarding it; a GET's copy stops soon
+        after we hang up."""
+        endpoint = mirror.endpoint
+        try:
+            response = self._send(
+                "GET", endpoint, endpoint.base_url + path, ref.repository, headers={"Range": "bytes=0-0"},
+                retry=False, stream=True,
+            )  # fmt: skip
+        except RegistryAuthError:
+            return Probe.ABSENT
+        except (RemoteError, backend.BackendError) as error:
+            mirror.health.failed(str(error))
+            return Probe.FAILED
+        response.close()
+        if response.status_code == 206:
+            mirror.health.succeeded()
+            return Probe.RANGES
+        return Probe.COLD if response.status_code == 200 else Probe.ABSENT
+
+    def mirror_serves(self, index: int, ref: ImageReference, digest: str) -> Probe:
+        """Whether mirror `index` serves blob `digest` from its cache, after waiting for it as a
+        read would (up to `mirror_cold_wait_s`); asking is what sets a pull-through mirror caching."""
+        mirror = self.mirrors[index]
+        path = f"{ref.repository}/blobs/{digest}"
+        return mirror.gate.ready(digest, lambda: self._probe(mirror, ref, path))
+
+    def _read_via_proxy(
+        self,
+        method: str,
+        origin: Endpoint,
+        ref: ImageReference,
+        path: str,
+        headers: Mapping[str, str] | None,
+        on_success: Callable[[requests.Response], None] | None,
+        purpose: ReadPurpose,
+    ) -> requests.Response | None:
+        """The proxy's answer, or None to read from the origin instead (see `...registry.proxy`)."""
+        proxy = self.proxy
+        assert proxy is not None
+        if not proxy.health.usable():
+            if not proxy.config.fallback:
+                raise ProxyUnavailable(
+                    "the proxy does not answer its ping, and fallback is off", url=proxy.config.url, repo=ref.repository
+                )
+            return None
+        url = proxy.url_for(origin.base_url + path)
+        try:
+            response = self._send(
+                method, origin, url, ref.repository,
+                headers={**(headers or {}), **proxy.headers(purpose)}, retry=False, on_success=on_success, proxy=proxy,
+            )  # fmt: skip
+        except RegistryAuthError:
+            raise
+        except (RemoteError, backend.BackendError) as error:
+            if not proxy.config.fallback:
+                raise ProxyUnavailable(
+                    f"the proxy failed ({error.message}), and fallback is off",
+                    url=proxy.config.url,
+                    repo=ref.repository,
+                ) from None
+            log.info("proxy failed (%s): reading from the origin", error)
+            return None
+        status = response.status_code
+        made_by_proxy = response.headers.get(ERROR_TYPE_HEADER, "").lower() == "proxy"
+        if made_by_proxy and status == 403:
+            response.close()
+            raise ProxyForbidden(
+                "the proxy refused the read (HTTP 403)", status=403, url=proxy.config.url, repo=ref.repository
+            )
+        if made_by_proxy and status == 429:
+            response.close()
+            if purpose is ReadPurpose.PREFETCH:
+                raise ProxyRateLimited("the proxy limits us (HTTP 429): prefetch gives this read up", status=429,
+                                       url=proxy.config.url, repo=ref.repository)  # fmt: skip
+            waited_s = proxy.origin_limiter.wait()
+            log.info("proxy limits us (HTTP 429): reading from the origin (after %.2f s at 1 read/s)", waited_s)
+            return None
+        if status >= 500 or status == 429:
+            response.close()
+            if not proxy.config.fallback:
+                raise ProxyUnavailable(f"the proxy answered HTTP {status}, and fallback is off", status=status,
+                                       url=proxy.config.url, repo=ref.repository)  # fmt: skip
+            log.info("proxy answered HTTP %d: reading from the origin", status)
+            return None
+        return response
 
     def _fail(
         self, response: requests.Response, kind: str, what: str, ref: ImageReference, digest: str = ""
@@ -274,7 +443,7 @@ class RegistryClient:
 
     def push_manifest(self, ref: ImageReference, data: bytes, media_type: str) -> str:
         """Put `data` under `ref`'s tag (or digest); returns the manifest's digest."""
-        origin = self._endpoints(ref, read=False)[-1]
+        origin = self._origin(ref)
         url = f"{origin.base_url}{ref.repository}/manifests/{ref.reference}"
         response = self._send(
             "PUT", origin, url, ref.repository, actions="pull,push", headers={"Content-Type": media_type}, body=data
@@ -298,7 +467,7 @@ class RegistryClient:
         """
         path = f"{ref.repository}/blobs/{digest}"
         if origin_only:
-            origin = self._endpoints(ref, read=False)[-1]
+            origin = self._origin(ref)
             response = self._send("HEAD", origin, origin.base_url + path, ref.repository)
         else:
             response = self._read("HEAD", ref, path)
@@ -408,7 +577,7 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     def _upload(self, ref: ImageReference, digest: str, source: bytes | str) -> None:
-        origin = self._endpoints(ref, read=False)[-1]
+        origin = self._origin(ref)
         start_url = f"{origin.base_url}{ref.repository}/blobs/uploads/"
         response = self._send("POST", origin, start_url, ref.repository, actions="pull,push", retry=False)
         if response.status_code != 202 or "Location" not in response.headers:
