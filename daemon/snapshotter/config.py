@@ -69,7 +69,7 @@ def _check_keys(table: dict[str, Any], name: str) -> None:
 def _typed(table: dict[str, Any], key: str, kind: type, default: Any, dotted: str) -> Any:
     value = table.get(key, default)
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise SnapshotterConfigError(f"{dotted}{key} must be a {kind.__name__}, not {value!r}")
+        raise SnapshotterConfigError(f"{dotted}{key} must be of type {kind.__name__}, not {value!r}")
     return value
 
 
