@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,12 +37,26 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    """containerd and a dedicated-mode snapshotter, started."""
-    started = make_rig(tmp_path / "rig")
-    try:
+def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    """`rig_factory(daemon_mode=..., metrics=..., cri=...)`: containerd and the snapshotter, started;
+    each stopped with everything it started when the test ends."""
+    rigs: list[Rig] = []
+
+    def factory(**options: Any) -> Rig:
+        started = make_rig(tmp_path / f"rig{len(rigs)}", **options)
+        rigs.append(started)
         started.snapshotter.start()
         started.containerd.start()
-        yield started
+        return started
+
+    try:
+        yield factory
     finally:
-        started.stop()
+        for started in rigs:
+            started.stop()
+
+
+@pytest.fixture
+def rig(rig_factory: Callable[..., Rig]) -> Rig:
+    """containerd and a dedicated-mode snapshotter, started."""
+    return rig_factory()

@@ -11,12 +11,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
 
 from daemon.storage.cache import blob_usage
 from rafs.oci import ANNOTATION_NYDUS_BOOTSTRAP
+from tests.integration.containerd.cri import load_messages, pull_image
 from tests.integration.containerd.rig import (
     CTR_REMOTE,
     SNAPSHOTTER_NAME,
@@ -26,6 +28,7 @@ from tests.integration.containerd.rig import (
     processes_naming,
     requires_containerd,
 )
+from tests.registry_fixture import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuse, requires_containerd]
 
@@ -157,7 +160,24 @@ def test_snapshotter_restart_keeps_a_running_container_and_serves_new_ones(rig: 
         rig.containerd.kill_task("long1")
 
 
-def test_killed_nydusd_is_noticed_and_the_next_container_gets_a_new_one(rig: Rig, example: Example) -> None:
+def scrape(address: str) -> dict[str, float]:
+    """The Prometheus endpoint's samples, `name{labels}` -> value."""
+    answer = requests.get(f"http://{address}/v1/metrics", timeout=30)
+    answer.raise_for_status()
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for line in answer.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_killed_nydusd_is_noticed_and_the_next_container_gets_a_new_one(
+    rig_factory: Callable[..., Rig], example: Example
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    rig = rig_factory(metrics=address)
     rpull(rig, example.nydus)
     rig.containerd.run(example.nydus, "first1", "/app/hello.sh")
     [old_pid] = nydusd_pids(rig)
@@ -168,3 +188,52 @@ def test_killed_nydusd_is_noticed_and_the_next_container_gets_a_new_one(rig: Rig
     [new_pid] = nydusd_pids(rig)
     assert new_pid != old_pid
     assert "starting it again on the same cache" in rig.snapshotter.log()
+    samples = scrape(address)
+    assert samples['nydusd_lifetime_event_counts{nydusd_event="DIED"}'] == 1
+    assert samples['nydusd_lifetime_event_counts{nydusd_event="RUNNING"}'] == 2
+
+
+def test_shared_mode_serves_images_from_one_daemon_and_metrics_are_scraped(
+    rig_factory: Callable[..., Rig], example: Example
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    rig = rig_factory(daemon_mode="shared", metrics=address)
+    rpull(rig, example.nydus)
+    result = rig.containerd.run(example.nydus, "shared1", "/bin/sh", "-c", "/app/hello.sh; sha256sum /app/data.bin")
+    assert HELLO in result.stdout and data_bin_sha256() in result.stdout
+    [(daemon_id, pid, mountpoint)] = rig.snapshotter.daemons()
+    assert daemon_id == "nydusd-shared"
+    # the image is a subdirectory of the shared mount, as nydus-snapshotter's shared mode has it
+    [image_dir] = os.listdir(mountpoint)
+    assert sorted(os.listdir(os.path.join(mountpoint, image_dir, "app"))) == ["data.bin", "hello.sh", "model.bin"]
+    second = rig.containerd.run(example.nydus, "shared2", "/app/hello.sh")
+    assert HELLO in second.stdout and nydusd_pids(rig) == [pid]
+    samples = scrape(address)
+    image = f'image_ref="{example.nydus}"'
+    assert samples[f"nydusd_total_read_bytes{{{image}}}"] >= len(bytes(range(256)) * 8192)
+    assert samples[f"nydusd_read_hits{{{image}}}"] > 0
+    assert samples[f"nydusd_read_errors{{{image}}}"] == 0
+    assert samples[f"nydusd_hung_io_counts{{{image}}}"] == 0
+    assert samples[f"nydusd_cache_total_requests{{{image}}}"] > 0
+    assert samples[f'nydusd_image_info{{daemon_id="nydusd-shared",{image}}}'] == 1
+    assert samples["snapshotter_cache_usage_kilobytes"] > 0
+    assert samples['snapshotter_snapshot_operation_elapsed_milliseconds_count{snapshot_operation="PREPARE"}'] >= 4
+    rig.containerd.ctr("image", "rm", "--sync", example.nydus)
+    wait_for(lambda: not rig.containerd.snapshot_names(), "containerd's GC to remove every snapshot")
+    assert rig.snapshotter.daemons() == []  # the last image gone, the shared daemon stopped
+    assert mounts_below(str(rig.snapshotter.root)) == []
+
+
+def test_cri_pull_image_is_lazy_and_the_image_runs(
+    rig_factory: Callable[..., Rig], example: Example, tmp_path: Path
+) -> None:
+    rig = rig_factory(cri={"registry": example.registry.host})
+    messages = load_messages(tmp_path)
+    image_ref = pull_image(messages, rig.containerd.address, example.nydus)
+    assert image_ref.startswith("sha256:")
+    manifest = nydus_manifest(example)
+    wanted = {manifest.digest, manifest.config_digest, manifest.bootstrap_digest}
+    assert rig.containerd.content_digests(namespace="k8s.io") == wanted
+    result = rig.containerd.run(example.nydus, "cri1", "/app/hello.sh", namespace="k8s.io")
+    assert HELLO in result.stdout
+    [(_, _, _)] = rig.snapshotter.daemons()  # configured from the cri.image-ref label
