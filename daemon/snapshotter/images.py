@@ -100,11 +100,16 @@ class Images:
             return self._serve_shared(meta, image_ref, bootstrap)
         return self._serve_dedicated(meta, image_ref, bootstrap)
 
+    def _may_restart(self, record: DaemonRecord) -> None:
+        if self.config.recover_policy == "none":
+            raise DaemonStartFailed('not running, and recover_policy is "none"', ("daemon", record.daemon_id))
+
     def _serve_dedicated(self, meta: Snapshot, image_ref: str, bootstrap: str) -> str:
         daemon_id = dedicated_daemon_id(meta.id)
         record = self.store.daemon(daemon_id)
         if record is None or not self.daemons.is_running(record):
             if record is not None:
+                self._may_restart(record)
                 log.warning("%s of %s is not running: starting it again on the same cache", daemon_id, image_ref)
                 self.daemons.stop(record)  # clears what is left: a stale mount, the socket
             config_path = self.layout.config_path(daemon_id)
@@ -120,6 +125,7 @@ class Images:
         if record is not None and self.daemons.is_running(record):
             return record
         if record is not None:
+            self._may_restart(record)
             log.warning("the shared nydusd is not running: starting it again on the same cache")
             self.daemons.stop(record)
         return self.daemons.start(SHARED_DAEMON_ID, "shared")

@@ -124,6 +124,8 @@ def test_image_rm_removes_snapshots_and_stops_daemons(rig: Rig, example: Example
     assert mounts_below(str(rig.snapshotter.root)) == []
     assert os.listdir(rig.snapshotter.root / "snapshots") == []
     assert "stopped nydusd-" in rig.snapshotter.log()
+    # GC's Cleanup dropped the cached chunks of blobs no bootstrap refers to any more
+    wait_for(lambda: blob_usage(str(rig.snapshotter.root / "cache")) == [], "Cleanup to collect the chunk cache")
 
 
 def test_plain_ctr_pull_of_a_converted_image_fails(rig: Rig, example: Example) -> None:
