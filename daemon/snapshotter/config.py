@@ -21,6 +21,8 @@ RECOVER_POLICIES = ("restart", "none")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 DEFAULT_ROOT = "/var/lib/containerd-nydus"
 DEFAULT_ADDRESS = "/run/containerd-nydus/containerd-nydus-grpc.sock"
+UNIX_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
+LONGEST_DAEMON_SOCKET = "socket/nydusd-shared/api.sock"  # below the root (see layout.py)
 
 # Accepted keys per table ("" is the top level); a value of None is a nested table.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
@@ -158,6 +160,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> SnapshotterConfi
     _choice(config.recover_policy, RECOVER_POLICIES, "daemon.recover_policy")
     if config.threads_number < 1:
         raise SnapshotterConfigError("daemon.threads_number must be at least 1")
+    for name, path in (("address", os.path.abspath(config.address)),
+                       ("root", os.path.join(os.path.abspath(config.root), LONGEST_DAEMON_SOCKET))):  # fmt: skip
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise SnapshotterConfigError(
+                f"{name} is too long for a unix socket: {path} is {len(os.fsencode(path))} bytes, at most "
+                f"{UNIX_PATH_MAX} fit"
+            )
     return SnapshotterConfig(
         **{
             **config.__dict__,

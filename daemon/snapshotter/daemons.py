@@ -284,10 +284,6 @@ class Daemons:
                     except OSError:
                         return
 
-    def dead_since(self, record: DaemonRecord) -> bool:
-        """A recorded daemon that is not running any more (for recovery at start)."""
-        return not self.is_running(record)
-
     def close(self) -> None:
         """Stop watching (the daemons themselves go on running)."""
         self._closed.set()

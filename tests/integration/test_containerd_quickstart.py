@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,19 @@ from tests.integration.containerd.rig import mounts_below, processes_naming, req
 pytestmark = [pytest.mark.slow, pytest.mark.fuse, requires_containerd]
 
 
-def test_containerd_quickstart_pulls_lazily_and_runs(tmp_path: Path) -> None:
-    work = tmp_path / "work"
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A work directory with a short path: the daemons' unix sockets live below it (107 bytes at most)."""
+    path = Path(tempfile.mkdtemp(prefix="nyqs-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        if not mounts_below(str(path)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_containerd_quickstart_pulls_lazily_and_runs(short_dir: Path) -> None:
+    work = short_dir / "work"
     environment = {**os.environ, "NYDUS_SKIP_INSTALL": "1", "WORK_DIR": str(work)}
     completed = subprocess.run(
         ["bash", "scripts/containerd-quickstart.sh"], cwd=REPO, env=environment, capture_output=True, text=True,

@@ -70,6 +70,12 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path: Path, text: str, messa
         load_config(write(tmp_path, text), {})
 
 
+def test_a_root_too_deep_for_the_daemons_unix_sockets_is_refused(tmp_path: Path) -> None:
+    deep = "/tmp/" + "d" * 90
+    with pytest.raises(SnapshotterConfigError, match="root is too long for a unix socket"):
+        load_config(None, {"root": deep, "address": "/tmp/x.sock"})
+
+
 def test_the_command_line_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path, "[metrics]\naddress = ':9110'\ncollect_interval = '1m'\n")
     completed = subprocess.run(

@@ -3,15 +3,17 @@ fresh containerd + snapshotter per test, stopped with everything they started.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.containerd.rig import REPO, Example, Rig, make_rig, push_layout
+from tests.integration.containerd.rig import REPO, Example, Rig, make_rig, mounts_below, push_layout
 from tests.registry_fixture import start_registry
 
 
@@ -37,13 +39,15 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
 
 
 @pytest.fixture
-def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+def rig_factory() -> Iterator[Callable[..., Rig]]:
     """`rig_factory(daemon_mode=..., metrics=..., cri=...)`: containerd and the snapshotter, started;
-    each stopped with everything it started when the test ends."""
+    each stopped with everything it started when the test ends. Under a short directory of its
+    own: unix socket paths (nydusd's API below the snapshotter's root) must fit in 107 bytes."""
     rigs: list[Rig] = []
+    base = Path(tempfile.mkdtemp(prefix="nysnap-", dir="/tmp"))
 
     def factory(**options: Any) -> Rig:
-        started = make_rig(tmp_path / f"rig{len(rigs)}", **options)
+        started = make_rig(base / f"rig{len(rigs)}", **options)
         rigs.append(started)
         started.snapshotter.start()
         started.containerd.start()
@@ -52,8 +56,12 @@ def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     try:
         yield factory
     finally:
-        for started in rigs:
-            started.stop()
+        try:
+            for started in rigs:
+                started.stop()
+        finally:
+            if not mounts_below(str(base)):  # never delete through a mount left behind
+                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
