@@ -80,6 +80,12 @@ class CacheError(NydusError):
     exit_code = 9
 
 
+class SnapshotterError(NydusError):
+    """`containerd-nydus-grpc`: a snapshot request that cannot be served (containerd sees a gRPC code)."""
+
+    exit_code = 10
+
+
 # ---- the format's leaves
 
 
@@ -132,4 +138,5 @@ BRANCHES: tuple[type[NydusError], ...] = (
     ImageError,
     BuildError,
     CacheError,
+    SnapshotterError,
 )

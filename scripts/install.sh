@@ -13,6 +13,7 @@ packages=(
   docker-registry apache2-utils                     # the real registry (and htpasswd) the tests start
   busybox-static                                    # the built-in example image
   attr                                              # setfattr/getfattr for xattr checks
+  containerd stargz-snapshotter                     # containerd 1.6 and ctr-remote (rpull) for the snapshotter's tests
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -25,6 +26,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # docker-registry's Debian package starts a service on :5000; the tests start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+# containerd's service is left as it is: the tests and scripts/containerd-quickstart.sh start a
+# containerd of their own (own root, state and sockets) and never talk to the host's.
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
