@@ -143,6 +143,8 @@ def run(arguments: argparse.Namespace) -> int:
             print(json.dumps(figures, indent=2))
         else:
             for key, value in figures.items():
+                if isinstance(value, dict):  # entries by type: "directory 2, file 1"
+                    value = ", ".join(f"{kind} {count}" for kind, count in sorted(value.items()))
                 if key != "blobs":
                     print(f"{key:>26}: {value}")
             for blob in figures["blobs"]:  # type: ignore[attr-defined]
