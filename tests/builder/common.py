@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from builder.build import BuildOptions, BuildResult, build
-from builder.check import unpack_to_directory, unpack_to_tar
+from builder.unpack import unpack_to_directory, unpack_to_tar
 from rafs.mapped import open_bootstrap
 from tests.reference import Entry, Snapshot, snapshot_directory, snapshot_tar, write_layer
 

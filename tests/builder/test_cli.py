@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.check import unpack_to_directory
+from builder.unpack import unpack_to_directory
 from rafs.mapped import open_bootstrap
 from tests.builder.common import write_layers, write_oci_layout
 from tests.conftest import run_console
