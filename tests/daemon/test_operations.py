@@ -148,6 +148,7 @@ async def test_open_and_read(ops: Mounted) -> None:
     assert await answers(ops.operations.flush(info.fh)) == errno.ENOSYS
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 async def test_a_corrupt_chunk_is_eio_with_one_error_line(ops: Mounted, caplog: pytest.LogCaptureFixture) -> None:
     data = ops.ino("/etc/data")
     await ops.operations.lookup(layout.ROOT_INO, b"etc", CTX)  # so the log names the path
