@@ -17,7 +17,6 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
-from daemon import fs
 from daemon.fs import RafsOperations
 from daemon.reader import FileReader
 from daemon.storage.cache import MemoryChunkCache
@@ -122,7 +121,7 @@ async def test_readdir_offsets_are_stable(ops: Mounted, monkeypatch: pytest.Monk
         replies.append((name, next_id))
         return True
 
-    monkeypatch.setattr(fs.pyfuse3, "readdir_reply", reply)
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)  # what daemon.fs calls
     etc = ops.ino("/etc")
     token = cast(pyfuse3.ReaddirToken, None)
     fh = await ops.operations.opendir(etc, CTX)

@@ -17,7 +17,7 @@ from daemon.storage.registry import RegistryAuthError, RegistryClient, RegistryO
 from rafs.oci import ImageReference, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
-from tests.registry_fixture import RunningRegistry
+from tests.registry_fixture import RunningRegistry, TokenRegistry
 
 FAST = HttpOptions(timeout_s=10, connect_timeout_s=2, retry_limit=3)
 
@@ -100,7 +100,7 @@ def test_nydusify_reports_wrong_credentials_in_one_line(basic_registry: RunningR
 # ---- Bearer
 
 
-def test_bearer_round_trip_caches_tokens(token_registry: RunningRegistry) -> None:
+def test_bearer_round_trip_caches_tokens(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     client = login(token_registry)
@@ -120,7 +120,7 @@ def test_bearer_round_trip_caches_tokens(token_registry: RunningRegistry) -> Non
     }
 
 
-def test_bearer_token_renewed_after_expiry(token_registry: RunningRegistry) -> None:
+def test_bearer_token_renewed_after_expiry(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     tokens.lifetime_s = 2  # cached for one second (renewed at half its life)
@@ -138,7 +138,7 @@ def test_bearer_token_renewed_after_expiry(token_registry: RunningRegistry) -> N
     assert len(tokens.requests) == cached + 1
 
 
-def test_bearer_wrong_password_and_anonymous(token_registry: RunningRegistry) -> None:
+def test_bearer_wrong_password_and_anonymous(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     ref = ImageReference.parse(f"{token_registry.host}/team/app")
@@ -149,7 +149,7 @@ def test_bearer_wrong_password_and_anonymous(token_registry: RunningRegistry) ->
     assert_fails_fast(lambda: anonymous.get_manifest(ref), "refused the credentials")
 
 
-def test_given_registry_token_is_used_as_is(token_registry: RunningRegistry) -> None:
+def test_given_registry_token_is_used_as_is(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     ref = ImageReference.parse(f"{token_registry.host}/team/given")
