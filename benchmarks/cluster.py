@@ -45,10 +45,10 @@ from benchmarks.coldstart_runtime import Phases, drop_page_cache, lazy_rootfs, r
 from benchmarks.coldstart_services import REPOSITORY, Shaper, network, stop_group
 from benchmarks.coldstart_timeline import read_timeline, summarise
 from benchmarks.common import RESULTS_DIR, machine, markdown_table
+from benchmarks.registry_server import RunningRegistry, start_registry
 from builder.warm import warm
 from daemon.storage.registry import Mirror, RegistryClient, RegistryOptions
 from rafs.oci import ImageReference
-from tests.registry_fixture import RunningRegistry, start_registry
 
 MODES = ("direct", "mirror-cold", "mirror-warm", "proxy")
 IDLE_S = 1.0  # the origin link counts as idle after this long without a byte
@@ -198,12 +198,12 @@ def run_once(shaper: Shaper, image: Prepared, mode: str, hosts: int, root: Path)
         "mode": mode,
         "hosts": hosts,
         "last_exit_s": round(last_exit - began, 3),
-        "mean_exit_s": round(sum(float(r["exit_at"]) for r in done) / hosts - began, 3),  # type: ignore[arg-type]
+        "mean_exit_s": round(sum(float(r["exit_at"]) for r in done) / hosts - began, 3),  # type: ignore[arg-type, misc]
         "origin_bytes_during": during,
         "origin_bytes_total": total,
         "host_fetched_bytes": [int(r["fetched_bytes"]) for r in done],  # type: ignore[call-overload]
         "failed_requests": sum(int(r["failed_requests"]) for r in done),  # type: ignore[call-overload]
-        "daemon_cpu_s": round(sum(float(r["cpu_s"] or 0.0) for r in done), 2),  # type: ignore[arg-type]
+        "daemon_cpu_s": round(sum(float(r["cpu_s"] or 0.0) for r in done), 2),  # type: ignore[arg-type, misc]
         "service_cpu_s": round(service_cpu, 2),
     }
 

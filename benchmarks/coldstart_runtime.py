@@ -191,7 +191,8 @@ def unpack_stream(pieces: Iterable[bytes], rootfs: Path, name: str, digest: str 
 
 
 def _drain(stream: IO[bytes], outputs: dict[str, bytes], key: str) -> None:
-    outputs[key] = stream.read()
+    with stream:  # read to the end, then closed: the pipe is this thread's alone
+        outputs[key] = stream.read()
 
 
 def _file_pieces(path: Path) -> Iterator[bytes]:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.registry_fixture import RunningRegistry, start_registry
+from benchmarks.registry_server import RunningRegistry, start_registry
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERIES_WAIT_S = 5.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from builder.layers import (
     normalize_path,
 )
 from builder.oci_layout import read_layout, split_reference
-from builder.outputs import give_ordinary_mode
+from builder.outputs import atomic_file
 from builder.overlay import BuildNode, Overlay
 from rafs import layout
 from rafs.bootstrap import Bootstrap
@@ -290,20 +289,9 @@ class Builder:
             features=features,
             prefetch=prefetch_nodes,
         )
-        directory = os.path.dirname(os.path.abspath(bootstrap_path))
-        descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".bootstrap-", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as output:
-                give_ordinary_mode(output.fileno())
-                output.write(data)
-                output.flush()
-                os.fsync(output.fileno())
-            committed = [writer.commit() for writer in self.writers if writer.blob_id]
-            os.replace(temp_path, bootstrap_path)
-        except BaseException:
-            if os.path.exists(temp_path):
-                os.unlink(temp_path)
-            raise
+        with atomic_file(bootstrap_path) as output:
+            output.write(data)
+            committed = [writer.commit() for writer in self.writers if writer.blob_id]  # before the rename
         self._timed("bootstrap", started)
         stats = self.store.stats
         result = self.result

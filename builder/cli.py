@@ -11,9 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from builder import check as checks
+from builder import describe, unpack, verify
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
+from builder.outputs import atomic_file
 from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
 from rafs.errors import ConfigError
@@ -68,10 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _write_json(path: str | None, data: dict[str, object]) -> None:
     if path:
-        temp = path + ".tmp"
-        with open(temp, "w") as file:
-            json.dump(data, file, indent=2, sort_keys=True)
-        os.replace(temp, path)
+        with atomic_file(path) as file:
+            file.write(json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def _require_parent_directories(arguments: argparse.Namespace, *options: str) -> None:
@@ -115,7 +114,7 @@ def run(arguments: argparse.Namespace) -> int:
     # verify each record before using it, and `unpack` all of them before writing anything.
     bootstrap = open_bootstrap(arguments.bootstrap, verify=arguments.command != "check")
     if arguments.command == "check":
-        report = checks.check(bootstrap, arguments.blob_dir)
+        report = verify.check(bootstrap, arguments.blob_dir)
         if arguments.json:
             print(json.dumps(report.__dict__, indent=2))
         else:
@@ -124,7 +123,7 @@ def run(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.command == "inspect":
         if arguments.path:
-            info = checks.describe_inode(bootstrap, arguments.path)
+            info = describe.describe_inode(bootstrap, arguments.path)
             print(json.dumps(info, indent=2) if arguments.json else _format_info(info))
         else:
             rows = []
@@ -138,11 +137,13 @@ def run(arguments: argparse.Namespace) -> int:
                     print(f"{row['ino']:>8} {row['mode']:>7} {row['size']:>12} {row['path']}")
         return 0
     if arguments.command == "stat":
-        figures = checks.statistics(bootstrap, os.path.getsize(arguments.bootstrap))
+        figures = describe.statistics(bootstrap, os.path.getsize(arguments.bootstrap))
         if arguments.json:
             print(json.dumps(figures, indent=2))
         else:
             for key, value in figures.items():
+                if isinstance(value, dict):  # entries by type: "directory 2, file 1"
+                    value = ", ".join(f"{kind} {count}" for kind, count in sorted(value.items()))
                 if key != "blobs":
                     print(f"{key:>26}: {value}")
             for blob in figures["blobs"]:  # type: ignore[attr-defined]
@@ -150,9 +151,9 @@ def run(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.command == "unpack":
         if arguments.output.endswith(".tar"):
-            checks.unpack_to_tar(bootstrap, arguments.blob_dir, arguments.output)
+            unpack.unpack_to_tar(bootstrap, arguments.blob_dir, arguments.output)
         else:
-            checks.unpack_to_directory(bootstrap, arguments.blob_dir, arguments.output)
+            unpack.unpack_to_directory(bootstrap, arguments.blob_dir, arguments.output)
         return 0
     raise AssertionError(arguments.command)
 

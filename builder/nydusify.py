@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from builder.build import BuildOptions, build
-from builder.check import check as check_bootstrap
 from builder.oci_layout import read_layout, split_reference
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
+from builder.verify import check as check_bootstrap
 from builder.warm import warm
 from daemon.storage.registry import HttpOptions, Mirror, RegistryClient, RegistryOptions
 from rafs import layout, oci

@@ -10,8 +10,8 @@ if the extension imports and otherwise the twin, with one warning; `c` demands C
 `NativeUnavailable` without it, so a benchmark never measures the twin by mistake; `pure` forces
 the twin. `backend` says which one is in use ("c" or "pure").
 
-Imports: stdlib, cffi, zstandard, lz4 and `rafs.errors` (a stdlib-only leaf) for the
-exceptions the functions raise.
+Imports: stdlib, cffi, zstandard and lz4; nothing from the project. The functions raise this
+package's own `BadChunkTable` and `BadFrame` (`native.errors`), which `rafs` translates.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import warnings
 
 from native import pure
+from native.errors import BadChunkTable, BadFrame
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ __all__ = [
     "COMPRESSOR_LZ4_BLOCK",
     "COMPRESSOR_NONE",
     "COMPRESSOR_ZSTD",
+    "BadChunkTable",
+    "BadFrame",
     "ChunkPiece",
     "NativeUnavailable",
     "StoredChunk",

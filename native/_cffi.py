@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from native import pure
 from native._rafs_native import ffi, lib
-from rafs.errors import CorruptBootstrap, CorruptChunk
+from native.errors import BadChunkTable, BadFrame
 
 
 def locate_chunks(
@@ -99,15 +99,15 @@ def _locate_error(status: int, error: object, table_len: int, first: int, count:
     """The twin's exception for a negative status of `rafs_locate_chunks`."""
     index, cursor, value = error.chunk_index, error.cursor, error.value  # type: ignore[attr-defined]
     if status == lib.RAFS_ERR_RUN_OUTSIDE_TABLE:
-        return CorruptBootstrap(f"chunk run [{first}, +{count}) lies outside the {table_len}-byte table buffer")
+        return BadChunkTable(f"chunk run [{first}, +{count}) lies outside the {table_len}-byte table buffer")
     if status == lib.RAFS_ERR_NO_CHUNK:
-        return CorruptBootstrap(f"no chunk covers offset {cursor}")
+        return BadChunkTable(f"no chunk covers offset {cursor}")
     if status == lib.RAFS_ERR_NOT_COVERING:
-        return CorruptBootstrap(f"chunk {index} does not cover offset {cursor}")
+        return BadChunkTable(f"chunk {index} does not cover offset {cursor}")
     if status == lib.RAFS_ERR_UNKNOWN_FLAGS:
-        return CorruptBootstrap(f"chunk {index}: unknown flags {value:#x}")
+        return BadChunkTable(f"chunk {index}: unknown flags {value:#x}")
     if status == lib.RAFS_ERR_BLOB_INDEX:
-        return CorruptBootstrap(f"chunk {index}: blob index {value} out of range")
+        return BadChunkTable(f"chunk {index}: blob index {value} out of range")
     return AssertionError(f"rafs_locate_chunks returned {status}")
 
 
@@ -156,5 +156,5 @@ def decompress_batch(
         return
     for name, message in _CHUNK_MESSAGES.items():
         if status == getattr(lib, name):
-            raise CorruptChunk(f"frame {failed[0]} of the batch: {message}")
+            raise BadFrame(f"frame {failed[0]} of the batch: {message}")
     raise AssertionError(f"rafs_decompress_batch returned {status} (arguments were checked)")

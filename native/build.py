@@ -9,41 +9,35 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import cffi
 
 HERE = pathlib.Path(__file__).resolve().parent
 
+HEADER = HERE / "rafs_native.h"
+
+
+def cdef_from_header(text: str) -> str:
+    """The header's declarations as cffi's `cdef`: the header is the one definition of the C
+    interface, so the two cannot drift. Comments are dropped, include guards and `#include`s
+    left out, and each `#define NAME value` becomes `#define NAME ...` (cffi reads the value
+    from the compiled header)."""
+    without_comments = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
+    lines = []
+    for line in without_comments.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "#define" and len(words) > 2:
+            lines.append(f"#define {words[1]} ...")
+        elif not words[0].startswith("#"):
+            lines.append(line.rstrip())
+    return "\n".join(lines) + "\n"
+
+
 ffibuilder = cffi.FFI()
-ffibuilder.cdef(
-    """
-    #define RAFS_OK ...
-    #define RAFS_ERR_RUN_OUTSIDE_TABLE ...
-    #define RAFS_ERR_NO_CHUNK ...
-    #define RAFS_ERR_NOT_COVERING ...
-    #define RAFS_ERR_UNKNOWN_FLAGS ...
-    #define RAFS_ERR_BLOB_INDEX ...
-    #define RAFS_ERR_CAPACITY ...
-    #define RAFS_ERR_FRAME_OUTSIDE_SOURCE ...
-    #define RAFS_ERR_OUTPUT_SIZE ...
-    #define RAFS_ERR_RAW_SIZE ...
-    #define RAFS_ERR_ZSTD_MAGIC ...
-    #define RAFS_ERR_ZSTD_HEADER ...
-    #define RAFS_ERR_ZSTD_CONTENT_SIZE ...
-    #define RAFS_ERR_ZSTD_FRAME ...
-    #define RAFS_ERR_DECOMPRESSED_SIZE ...
-    #define RAFS_ERR_UNSUPPORTED ...
-    #define RAFS_ERR_BAD_COMPRESSOR ...
-    struct rafs_locate_error { uint64_t chunk_index; uint64_t cursor; uint64_t value; };
-    int64_t rafs_locate_chunks(const uint8_t *table, size_t table_len, uint64_t table_offset, uint64_t blob_count,
-                               uint64_t first, uint64_t count, uint64_t file_size, uint64_t offset, uint64_t size,
-                               uint64_t *pieces, size_t capacity,
-                               struct rafs_locate_error *error);
-    int rafs_decompress_batch(int compressor, const uint8_t *source, size_t source_len, const uint64_t *offsets,
-                              const uint64_t *stored_lengths, const uint8_t *compressed, const uint64_t *sizes,
-                              size_t count, uint8_t *output, size_t output_len, size_t *failed);
-    """
-)
+ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
 ffibuilder.set_source(
     "native._rafs_native",
     '#include "rafs_native.h"',

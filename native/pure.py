@@ -6,11 +6,11 @@ Both work over plain buffers (usually the mmapped bootstrap or a fetched blob ra
 nothing in them: each read of the chunk table is checked against the buffer's length, because
 the table came from the network.
 
-Errors: a table that contradicts itself raises `rafs.errors.CorruptBootstrap`; stored bytes that
-do not decompress to exactly the promised size raise `rafs.errors.CorruptChunk`; arguments that
+Errors: a table that contradicts itself raises `native.errors.BadChunkTable`; stored bytes that
+do not decompress to exactly the promised size raise `native.errors.BadFrame`; arguments that
 no caller holding a valid bootstrap would pass (negative numbers, a frame outside its source
-buffer, an output buffer of the wrong length) raise `ValueError`. `rafs.errors` is a leaf module
-(stdlib only), so importing it here creates no cycle.
+buffer, an output buffer of the wrong length) raise `ValueError`. This package imports nothing from the project; `rafs` translates
+these errors into its own, with the context it knows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import mmap
 import struct
 from collections.abc import Sequence
 
-from rafs.errors import CorruptBootstrap, CorruptChunk
+from native.errors import BadChunkTable, BadFrame
 
 # The chunk record as `rafs.layout.CHUNK` defines it; repeated so that the C side and this twin
 # read the same fields at the same places (a test checks that both agree with rafs.layout).
@@ -70,7 +70,7 @@ def locate_chunks(
 
     Returns (chunk index, start in chunk, length) for each chunk touched, in file order; an empty
     list when the range is empty or starts at or past the end of the file. Raises
-    `CorruptBootstrap` if the run lies outside `table`, if a chunk has unknown flags or names a
+    `BadChunkTable` if the run lies outside `table`, if a chunk has unknown flags or names a
     blob index >= `blob_count` (zero chunks excepted), or if no chunk covers some wanted offset.
 
     >>> record = struct.Struct("<IIQIIQ32s")
@@ -89,7 +89,7 @@ def locate_chunks(
     )
     run_start = table_offset + first * CHUNK_RECORD_SIZE
     if run_start + count * CHUNK_RECORD_SIZE > len(table):
-        raise CorruptBootstrap(f"chunk run [{first}, +{count}) lies outside the {len(table)}-byte table buffer")
+        raise BadChunkTable(f"chunk run [{first}, +{count}) lies outside the {len(table)}-byte table buffer")
     end = min(offset + size, file_size)
     if offset >= end:
         return []
@@ -110,18 +110,18 @@ def locate_chunks(
     cursor = offset
     while cursor < end:
         if position < 0 or position >= count:
-            raise CorruptBootstrap(f"no chunk covers offset {cursor}")
+            raise BadChunkTable(f"no chunk covers offset {cursor}")
         index = first + position
         blob_index, flags, _, _, uncompressed_size, chunk_offset = _CHUNK_HEAD.unpack_from(
             table, run_start + position * CHUNK_RECORD_SIZE
         )
         if flags & ~KNOWN_CHUNK_FLAGS:
-            raise CorruptBootstrap(f"chunk {index}: unknown flags {flags:#x}")
+            raise BadChunkTable(f"chunk {index}: unknown flags {flags:#x}")
         if not flags & CHUNK_ZERO and blob_index >= blob_count:
-            raise CorruptBootstrap(f"chunk {index}: blob index {blob_index} out of range")
+            raise BadChunkTable(f"chunk {index}: blob index {blob_index} out of range")
         chunk_end = chunk_offset + uncompressed_size
         if not chunk_offset <= cursor < chunk_end:
-            raise CorruptBootstrap(f"chunk {index} does not cover offset {cursor}")
+            raise BadChunkTable(f"chunk {index} does not cover offset {cursor}")
         length = min(chunk_end, end) - cursor
         pieces.append((index, cursor - chunk_offset, length))
         cursor += length
@@ -149,7 +149,7 @@ def check_batch(
 
 
 def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool, uncompressed_size: int) -> bytes:
-    """One chunk's uncompressed bytes, exactly `uncompressed_size` of them, or `CorruptChunk`.
+    """One chunk's uncompressed bytes, exactly `uncompressed_size` of them, or `BadFrame`.
 
     A stored (not compressed) chunk must already be exactly that long. A zstd chunk must be one
     frame starting with the zstd magic, recording its content size, equal to `uncompressed_size`,
@@ -157,7 +157,7 @@ def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool
     """
     if not compressed:
         if len(stored) != uncompressed_size:
-            raise CorruptChunk(f"stored raw chunk is {len(stored)} bytes, expected {uncompressed_size}")
+            raise BadFrame(f"stored raw chunk is {len(stored)} bytes, expected {uncompressed_size}")
         return bytes(stored)
     # Imported here, not at the top: with the C backend a daemon never loads them (~20 ms at start).
     import lz4.block
@@ -165,28 +165,28 @@ def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool
 
     if compressor == COMPRESSOR_ZSTD:
         if bytes(stored[:4]) != ZSTD_MAGIC:
-            raise CorruptChunk("not a zstd frame (bad magic)")
+            raise BadFrame("not a zstd frame (bad magic)")
         try:
             content_size = zstandard.frame_content_size(stored)
         except zstandard.ZstdError:
-            raise CorruptChunk("unreadable zstd frame header") from None
+            raise BadFrame("unreadable zstd frame header") from None
         if content_size != uncompressed_size:
-            raise CorruptChunk(f"zstd frame records content size {content_size}, expected {uncompressed_size}")
+            raise BadFrame(f"zstd frame records content size {content_size}, expected {uncompressed_size}")
         try:
             data = zstandard.ZstdDecompressor().decompress(
                 stored, max_output_size=uncompressed_size, allow_extra_data=False
             )
         except zstandard.ZstdError:
-            raise CorruptChunk("corrupt zstd frame") from None
+            raise BadFrame("corrupt zstd frame") from None
     elif compressor == COMPRESSOR_LZ4_BLOCK:
         try:
             data = lz4.block.decompress(stored, uncompressed_size=uncompressed_size)
         except lz4.block.LZ4BlockError:
-            raise CorruptChunk("corrupt lz4 block") from None
+            raise BadFrame("corrupt lz4 block") from None
     else:
-        raise CorruptChunk(f"compressed chunk in a blob with compressor {compressor}")
+        raise BadFrame(f"compressed chunk in a blob with compressor {compressor}")
     if len(data) != uncompressed_size:
-        raise CorruptChunk(f"decompressed to {len(data)} bytes, expected {uncompressed_size}")
+        raise BadFrame(f"decompressed to {len(data)} bytes, expected {uncompressed_size}")
     return data
 
 
@@ -201,7 +201,7 @@ def decompress_batch(
     Each chunk is (offset in `source`, stored length, compressed?, uncompressed size); its bytes
     land in `output` right after the previous chunk's. `output` must be writable and exactly as
     long as the sizes together (`ValueError` otherwise, checked before any work). A chunk that
-    does not give exactly its size raises `CorruptChunk`, with the chunk's position in the batch
+    does not give exactly its size raises `BadFrame`, with the chunk's position in the batch
     in the message; `output` is then partly written and must not be used.
 
     >>> import zstandard
@@ -217,7 +217,7 @@ def decompress_batch(
     for position, (start, length, compressed, uncompressed_size) in enumerate(chunks):
         try:
             data = decompress_one(compressor, view[start : start + length], compressed, uncompressed_size)
-        except CorruptChunk as error:
-            raise CorruptChunk(f"frame {position} of the batch: {error}") from None
+        except BadFrame as error:
+            raise BadFrame(f"frame {position} of the batch: {error}") from None
         output[cursor : cursor + uncompressed_size] = data
         cursor += uncompressed_size

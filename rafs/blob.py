@@ -63,7 +63,7 @@ def decode_run(
     try:
         output = bytearray(sum(record.uncompressed_size for record in records))
         native.decompress_batch(compressor, stored_run, frames, output)
-    except (CorruptChunk, ValueError):
+    except (native.BadFrame, ValueError):
         pieces = [_decompress_one(stored_run, frame, compressor) for frame in frames]
     else:
         view = memoryview(output)
@@ -83,7 +83,7 @@ def _decompress_one(stored_run: bytes | memoryview, frame: native.StoredChunk, c
     output = bytearray(uncompressed_size)
     try:
         native.decompress_batch(compressor, stored_run, [frame], output)
-    except CorruptChunk as error:
+    except native.BadFrame as error:
         return CorruptChunk(str(error).removeprefix("frame 0 of the batch: "))
     except ValueError:
         return CorruptChunk(f"stored bytes [{offset}, +{length}) lie outside what was read")

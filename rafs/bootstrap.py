@@ -340,7 +340,7 @@ class Bootstrap:
                 offset,
                 size,
             )
-        except CorruptBootstrap as error:
+        except native.BadChunkTable as error:
             raise CorruptBootstrap(f"inode {ino}: {error}") from None
         return [ChunkSlice(index, self.chunk(index), start, length) for index, start, length in pieces]
 

@@ -19,7 +19,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO
@@ -232,7 +232,7 @@ class Snap:
 Snapshot = dict[str, Snap]
 
 
-def _link_groups(identity: dict[str, object]) -> dict[str, tuple[str, ...]]:
+def _link_groups(identity: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
     groups: dict[object, list[str]] = {}
     for path, key in identity.items():
         groups.setdefault(key, []).append(path)

@@ -31,14 +31,14 @@ def _valid_name(name: str) -> bool:
 names = st.one_of(
     st.sampled_from(SHORT_NAMES),
     st.text(
-        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=12
+        alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="/\x00"), min_size=1, max_size=12
     ).filter(_valid_name),
     st.text(alphabet="lmnop", min_size=101, max_size=180),
 )
 
 link_targets = st.one_of(
     st.sampled_from(["a", "../b", "/etc/passwd", "c/d/e"]),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=8),
     st.text(alphabet="qrs/", min_size=256, max_size=600),
 )
 

@@ -92,6 +92,8 @@ def test_shaper_adds_round_trip_time(upstream: int) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
     assert shaped >= 0.095, f"a 100 ms RTT link answered in {shaped * 1000:.1f} ms"
     assert shaped - direct >= 0.09
 
@@ -103,6 +105,8 @@ def test_shaper_caps_bandwidth_and_keeps_bytes(upstream: int) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
     assert data == PAYLOAD
     rate_bytes_per_s = len(PAYLOAD) / seconds
     assert rate_bytes_per_s <= 2e6 * 1.05, f"{rate_bytes_per_s / 1e6:.2f} MB/s through a 2 MB/s link"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 
 from builder.build import BuildOptions, BuildResult, build
-from builder.check import unpack_to_directory, unpack_to_tar
+from builder.unpack import unpack_to_directory, unpack_to_tar
 from rafs.mapped import open_bootstrap
+from rafs.oci import sha256_digest
 from tests.reference import Entry, Snapshot, snapshot_directory, snapshot_tar, write_layer
+from tests.registry import images as registry_images
 
 
 def write_layers(directory: str, layers: list[list[Entry]], compressions: list[str] | None = None) -> list[str]:
@@ -41,48 +44,11 @@ def unpacked(directory: str, bootstrap_path: str, blob_dir: str) -> tuple[Snapsh
 
 
 def write_oci_layout(directory: str, layer_paths: list[str], tag: str = "latest") -> str:
-    """An OCI image layout (oci-layout, index.json, blobs/sha256) holding the given tar layers."""
-    import hashlib
-    import json
-    import shutil
-
-    blobs = os.path.join(directory, "blobs", "sha256")
-    os.makedirs(blobs, exist_ok=True)
-
-    def put(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        with open(os.path.join(blobs, digest), "wb") as file:
-            file.write(data)
-        return "sha256:" + digest
-
-    layers = []
+    """An OCI image layout holding the given tar layers (`tests.registry.images` writes it)."""
+    made = []
     for path in layer_paths:
         with open(path, "rb") as file:
-            digest = hashlib.sha256(file.read()).hexdigest()
-        shutil.copyfile(path, os.path.join(blobs, digest))
-        media = "application/vnd.oci.image.layer.v1.tar" + (".gzip" if path.endswith(".gz") else "")
-        layers.append({"mediaType": media, "digest": "sha256:" + digest, "size": os.path.getsize(path)})
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": len(config)},
-        "layers": layers,
-    }
-    manifest_bytes = json.dumps(manifest).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": put(manifest_bytes),
-                "size": len(manifest_bytes),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    with open(os.path.join(directory, "index.json"), "w") as file:
-        json.dump(index, file)
-    with open(os.path.join(directory, "oci-layout"), "w") as file:
-        json.dump({"imageLayoutVersion": "1.0.0"}, file)
+            layer = file.read()
+        made.append((layer, sha256_digest(gzip.decompress(layer) if layer[:2] == b"\x1f\x8b" else layer)))
+    registry_images.write_oci_layout(directory, registry_images.image_of_layers(made), tag)
     return directory

@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def _corrupt_gzip() -> bytes:
     return bytes(data)
 
 
-BAD_LAYERS = {
+BAD_LAYERS: dict[str, tuple[Callable[[], bytes], str]] = {
     "truncated gzip": (
         lambda: gzip.compress(_tar_bytes([*GOOD, Entry("big", "file", data=os.urandom(20000))]))[:-3000],
         "",

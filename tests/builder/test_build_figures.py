@@ -11,7 +11,7 @@ import pytest
 
 from builder import build as build_module
 from builder.build import BuildOptions
-from builder.check import unpack_to_tar
+from builder.unpack import unpack_to_tar
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, write_layers
 from tests.reference import Entry, whiteout

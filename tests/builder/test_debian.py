@@ -40,7 +40,7 @@ def _debs() -> list[Path]:
 
 def _whole_seconds(tree: Path) -> None:
     """Round every mtime down to a second: tarfile.add records float mtimes, which lose ns."""
-    for _relative, full in sorted(walk_directory(tree), reverse=True):
+    for _relative, full in sorted(walk_directory(str(tree)), reverse=True):
         seconds = os.lstat(full).st_mtime_ns // 1_000_000_000 * 1_000_000_000
         os.utime(full, ns=(seconds, seconds), follow_symlinks=False)
 
@@ -80,9 +80,9 @@ def test_debian_layers_build_check_and_unpack_to_the_dpkg_tree(debian: tuple[Pat
     nydus_image("create", "-t", "targz", "-B", bootstrap, "-D", blobs, *layers)
     nydus_image("check", "-B", bootstrap, "-D", blobs)
     nydus_image("unpack", "-B", bootstrap, "-D", blobs, "-o", str(tmp_path / "tree"))
-    expected = snapshot_directory(combined)
+    expected = snapshot_directory(str(combined))
     assert len(expected) > 300  # a real tree: libc, busybox, /etc
-    assert diff(expected, snapshot_directory(tmp_path / "tree"), ignore_root=True) == []
+    assert diff(expected, snapshot_directory(str(tmp_path / "tree")), ignore_root=True) == []
     assert Path(tmp_path / "tree" / "bin" / "busybox").stat().st_size > 500_000
 
     layout = write_oci_layout(str(tmp_path / "oci"), layers)

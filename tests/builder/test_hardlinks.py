@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.build import BuildOptions, build, merge
-from builder.check import check
+from builder.verify import check
 from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 
 from builder.build import BuildOptions
-from builder.check import check
+from builder.verify import check
 from rafs import layout
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, write_layers

@@ -108,7 +108,7 @@ def test_values_at_the_limits_are_kept(tmp_path: Path) -> None:
     """The largest accepted values go through create and unpack unchanged."""
     name = "n" * 255
     member = _file(name, mtime="-1.5", uid=str(2**32 - 2))
-    member.pax_headers["SCHILY.xattr.user." + "x" * 250] = "v" * 100
+    member.pax_headers = {**member.pax_headers, "SCHILY.xattr.user." + "x" * 250: "v" * 100}
     layer = write_tar(tmp_path / "layer.tar", member, b"hello")
     bootstrap, blobs, output = tmp_path / "image.boot", tmp_path / "b", tmp_path / "out"
     run_console("nydus-image", ["create", "-t", "targz", "-B", str(bootstrap), "-D", str(blobs), layer], check=True)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from builder.build import BuildOptions, build
-from builder.check import BlobFiles, check
+from builder.verify import BlobFiles, check
 from rafs.mapped import open_bootstrap
 
 SIZE = 4 * 2**30 + 3 * 2**20 + 12345

@@ -8,7 +8,7 @@ import tempfile
 from hypothesis import given
 
 from builder.build import BuildOptions, build, merge
-from builder.check import check
+from builder.verify import check
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers
 from tests.reference import Entry, apply_layers, diff, snapshot_tree

@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from builder.build import BuildOptions, build
-from builder.check import check
+from builder.verify import check
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 
 from builder.build import BuildOptions, build
-from builder.check import unpack_to_directory
+from builder.unpack import unpack_to_directory
 from rafs import layout
 from rafs.mapped import open_bootstrap
 

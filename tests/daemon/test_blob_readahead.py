@@ -121,6 +121,7 @@ async def test_readahead_stops_at_the_window_and_at_cached_chunks(image: Image, 
 
 
 @pytest.mark.trio
+@pytest.mark.logs_warnings  # provoked on purpose
 async def test_a_corrupt_neighbour_is_not_cached_and_fails_only_its_own_reader(
     image: Image, tmp_path: os.PathLike[str]
 ) -> None:
@@ -169,6 +170,7 @@ async def test_a_reader_waits_for_the_readahead_that_fetches_its_chunk(
 
 
 @pytest.mark.trio
+@pytest.mark.logs_warnings  # provoked on purpose
 async def test_a_waiting_reader_fetches_again_when_the_readahead_copy_was_corrupt(
     image: Image, tmp_path: os.PathLike[str]
 ) -> None:

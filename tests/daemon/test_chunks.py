@@ -152,6 +152,7 @@ async def test_zero_chunks_need_no_backend(image: Image) -> None:
 
 
 @pytest.mark.trio
+@pytest.mark.logs_warnings  # provoked on purpose
 async def test_corrupt_chunk_raises_every_time_and_is_never_cached(image: Image, tmp_path: os.PathLike[str]) -> None:
     bootstrap, blob_dir, contents = image
     ino = bootstrap.resolve("/b")
@@ -207,6 +208,7 @@ async def test_a_hit_after_restart_touches_no_backend_and_decompresses_nothing(
 
 
 @pytest.mark.trio
+@pytest.mark.logs_warnings  # provoked on purpose
 async def test_a_damaged_cache_entry_is_never_served_with_digest_validate(
     image: Image, tmp_path: os.PathLike[str]
 ) -> None:

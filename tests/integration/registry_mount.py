@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from daemon.storage.registry import RegistryClient, RegistryOptions
@@ -65,7 +65,7 @@ def convert(source: ImageReference, work_dir: str, *extra: str) -> ImageReferenc
     return target
 
 
-def write_image_config(path: str, work_dir: str, *, backend: dict[str, object] | None = None, **top: object) -> str:
+def write_image_config(path: str, work_dir: str, *, backend: Mapping[str, object] | None = None, **top: object) -> str:
     """A config for `--image`: a blobcache in `work_dir`, registry options from `backend`."""
     device: dict[str, object] = {"cache": {"type": "blobcache", "config": {"work_dir": work_dir}}}
     if backend is not None:

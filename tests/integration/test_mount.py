@@ -10,7 +10,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -87,7 +87,7 @@ def mount(synthetic: Image, tmp_path: os.PathLike[str]) -> Iterator[str]:
 
 def test_writes_answer_erofs(mount: str) -> None:
     target = os.path.join(mount, "etc/passwd")
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: os.open(target, os.O_WRONLY),
         lambda: os.open(target, os.O_RDWR),
         lambda: os.open(os.path.join(mount, "new"), os.O_WRONLY | os.O_CREAT),

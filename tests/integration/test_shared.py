@@ -261,6 +261,8 @@ def test_nydusctl_every_verb(shared: ApiDaemon, images: dict[str, tuple[Image, S
     finally:
         repeating.kill()
         repeating.wait()
+        if repeating.stdout is not None:
+            repeating.stdout.close()
     level = nydusctl("--sock", sock, "set", "log-level", "debug")
     assert level.returncode == 0
     bad_level = nydusctl("--sock", sock, "set", "log-level", "loud")

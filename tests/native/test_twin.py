@@ -323,3 +323,18 @@ def test_locate_chunks_beyond_scratch_capacity(corrupt_at: int | None) -> None:
     expected = outcome(lambda: pure.locate_chunks(*arguments))
     assert expected[0] == ("ok" if corrupt_at is None else "error")
     assert outcome(lambda: _cffi.locate_chunks(*arguments)) == expected
+
+
+def test_the_extension_is_built_from_the_header() -> None:
+    """The cdef is generated from `rafs_native.h`: every constant the header defines is the
+    compiled library's, with the header's value."""
+    import re
+    from pathlib import Path
+
+    header = (Path(pure.__file__).parent / "rafs_native.h").read_text()
+    defined = {name: int(value) for name, value in re.findall(r"#define (RAFS_\w+) \(?(-?\d+)\)?", header)}
+    assert len(defined) > 10
+    assert _cffi is not None
+    from native._rafs_native import lib
+
+    assert {name: getattr(lib, name) for name in defined} == defined

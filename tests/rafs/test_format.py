@@ -59,7 +59,8 @@ def trees(draw: st.DrawFn) -> tuple[FsNode, int, list[BlobRecord], list[FsNode]]
     chunk_size = draw(st.sampled_from([0x1000, 0x4000, 0x100000]))
     blobs = [BlobRecord(blob_id, 10**9, 10**9, 100, layout.COMPRESSOR_ZSTD) for blob_id in BLOB_IDS]
     root = new_directory(draw(permissions), draw(ids), draw(ids), draw(mtimes_ns))
-    directories, files = [root], []
+    directories: list[FsNode] = [root]
+    files: list[FsNode] = []
     for _ in range(draw(st.integers(0, 25))):
         parent = draw(st.sampled_from(directories))
         name = draw(names).encode()

@@ -8,39 +8,39 @@ import io
 import json
 import os
 import random
-import tarfile
 from dataclasses import dataclass
 
 from daemon.storage.registry import RegistryClient
 from rafs import oci
 from rafs.oci import ImageReference, sha256_digest
+from tests.reference import Entry, write_tar
 
 # path -> bytes (file), None (directory), ("symlink", target), ("hardlink", target)
 LayerSpec = dict[str, object]
 
 
+MTIME_NS = 1_700_000_000 * 10**9
+
+
 def make_layer(spec: LayerSpec) -> tuple[bytes, str]:
-    """A gzip layer and its diff_id; the same spec always gives the same bytes."""
+    """A gzip layer and its diff_id; the same spec always gives the same bytes (`tests.reference`
+    writes the tar)."""
+    entries = []
+    for path in sorted(spec):
+        value = spec[path]
+        if value is None:
+            entries.append(Entry(path, "dir", 0o755, mtime_ns=MTIME_NS))
+        elif isinstance(value, tuple):
+            kind, target = value
+            entries.append(
+                Entry(path, str(kind), 0o777 if kind == "symlink" else 0o644, mtime_ns=MTIME_NS, target=str(target))
+            )
+        else:
+            assert isinstance(value, bytes)
+            mode = 0o755 if path.startswith("bin/") else 0o644
+            entries.append(Entry(path, "file", mode, mtime_ns=MTIME_NS, data=value))
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(spec):
-            value = spec[path]
-            info = tarfile.TarInfo(path)
-            info.mtime = 1_700_000_000
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if value is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(value, tuple):
-                kind, target = value
-                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
-                info.linkname, info.mode = str(target), 0o777 if kind == "symlink" else 0o644
-                tar.addfile(info)
-            else:
-                assert isinstance(value, bytes)
-                info.size, info.mode = len(value), 0o755 if path.startswith("bin/") else 0o644
-                tar.addfile(info, io.BytesIO(value))
+    write_tar(raw, entries)
     uncompressed = raw.getvalue()
     return gzip.compress(uncompressed, mtime=0), sha256_digest(uncompressed)
 

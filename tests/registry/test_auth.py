@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,24 @@ from daemon.storage.registry import RegistryAuthError, RegistryClient, RegistryO
 from rafs.oci import ImageReference, sha256_digest
 from tests.registry.faultproxy import FaultProxy
 from tests.registry.images import push_image, sample_image
-from tests.registry_fixture import RunningRegistry
+from tests.registry_fixture import RunningRegistry, TokenRegistry
+
+OPENED: list[RegistryClient] = []
+
+
+def client_of(options: RegistryOptions) -> RegistryClient:
+    """A client closed when the test ends (its pooled connections would be left open)."""
+    client = RegistryClient(options)
+    OPENED.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
 
 FAST = HttpOptions(timeout_s=10, connect_timeout_s=2, retry_limit=3)
 
@@ -27,7 +45,7 @@ def login(running: RunningRegistry, password: str | None = None) -> RegistryClie
         http=FAST, username=running.username, password=running.password if password is None else password,
         docker_config="",
     )  # fmt: skip
-    return RegistryClient(options)
+    return client_of(options)
 
 
 def write_docker_config(directory: Path, host: str, username: str, password: str) -> Path:
@@ -64,7 +82,7 @@ def test_basic_credentials_from_docker_config(basic_registry: RunningRegistry, t
     config = write_docker_config(
         tmp_path / "docker", basic_registry.host, basic_registry.username, basic_registry.password
     )
-    client = RegistryClient(RegistryOptions(http=FAST, docker_config=str(config)))
+    client = client_of(RegistryOptions(http=FAST, docker_config=str(config)))
     ref = ImageReference.parse(f"{basic_registry.host}/private/from-config")
     data = b"credentials came from config.json"
     assert client.push_blob(ref, sha256_digest(data), data)
@@ -73,7 +91,7 @@ def test_basic_credentials_from_docker_config(basic_registry: RunningRegistry, t
 
 def test_basic_without_or_with_wrong_credentials(basic_registry: RunningRegistry) -> None:
     ref = ImageReference.parse(f"{basic_registry.host}/private/app")
-    anonymous = RegistryClient(RegistryOptions(http=FAST, docker_config=""))
+    anonymous = client_of(RegistryOptions(http=FAST, docker_config=""))
     assert_fails_fast(lambda: anonymous.get_manifest(ref), "asks for a login and none is configured")
     wrong = login(basic_registry, password="not-the-password")
     error = assert_fails_fast(lambda: wrong.get_manifest(ref), "refused the credentials")
@@ -100,7 +118,7 @@ def test_nydusify_reports_wrong_credentials_in_one_line(basic_registry: RunningR
 # ---- Bearer
 
 
-def test_bearer_round_trip_caches_tokens(token_registry: RunningRegistry) -> None:
+def test_bearer_round_trip_caches_tokens(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     client = login(token_registry)
@@ -120,7 +138,7 @@ def test_bearer_round_trip_caches_tokens(token_registry: RunningRegistry) -> Non
     }
 
 
-def test_bearer_token_renewed_after_expiry(token_registry: RunningRegistry) -> None:
+def test_bearer_token_renewed_after_expiry(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     tokens.lifetime_s = 2  # cached for one second (renewed at half its life)
@@ -138,23 +156,23 @@ def test_bearer_token_renewed_after_expiry(token_registry: RunningRegistry) -> N
     assert len(tokens.requests) == cached + 1
 
 
-def test_bearer_wrong_password_and_anonymous(token_registry: RunningRegistry) -> None:
+def test_bearer_wrong_password_and_anonymous(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     ref = ImageReference.parse(f"{token_registry.host}/team/app")
     wrong = login(token_registry, password="nope")
     assert_fails_fast(lambda: wrong.get_manifest(ref), "token server refused user 'alice'")
     assert len(tokens.requests) == 1, "a refused login is asked once"
-    anonymous = RegistryClient(RegistryOptions(http=FAST, docker_config=""))
+    anonymous = client_of(RegistryOptions(http=FAST, docker_config=""))
     assert_fails_fast(lambda: anonymous.get_manifest(ref), "refused the credentials")
 
 
-def test_given_registry_token_is_used_as_is(token_registry: RunningRegistry) -> None:
+def test_given_registry_token_is_used_as_is(token_registry: TokenRegistry) -> None:
     tokens = token_registry.token_server
     assert tokens is not None
     ref = ImageReference.parse(f"{token_registry.host}/team/given")
     token = tokens.sign("robot", [{"type": "repository", "name": "team/given", "actions": ["pull", "push"]}])
-    client = RegistryClient(RegistryOptions(http=FAST, registry_token=token, docker_config=""))
+    client = client_of(RegistryOptions(http=FAST, registry_token=token, docker_config=""))
     data = b"pushed with a token from the config"
     assert client.push_blob(ref, sha256_digest(data), data)
     assert client.read_blob(ref, sha256_digest(data)) == data

@@ -178,6 +178,7 @@ def test_backend_from_nydusd_config(registry: RunningRegistry, client: RegistryC
         parse_config({"device": {"backend": {"type": "registry", "config": {**options, "colour": "blue"}}}})
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_tls_verification_and_skip_verify(tls_registry: RunningRegistry) -> None:
     from daemon.storage.options import HttpOptions
     from daemon.storage.transport import TlsError

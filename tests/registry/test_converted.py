@@ -12,7 +12,7 @@ import pytest
 
 from builder import nydusify
 from builder.build import BuildOptions, build
-from builder.check import unpack_to_directory
+from builder.unpack import unpack_to_directory
 from daemon.storage.image import fetch_bootstrap
 from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci

@@ -60,6 +60,7 @@ def test_a_mirror_keeps_the_path_and_serves_ranges(mirrored: tuple[FaultProxy, I
     assert client.mirrors[0].gate.probes == 1  # the probe found ranges served, once for the blob
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_failure_limit_skips_a_mirror_until_its_ping_answers(mirrored: tuple[FaultProxy, ImageReference]) -> None:
     mirror, ref = mirrored
     client = mirror_client(mirror, failure_limit=2)
@@ -132,6 +133,7 @@ def _login_through_mirror(registry: RunningRegistry, basic_registry: RunningRegi
         client.close()
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_a_corrupt_range_from_a_mirror_is_caught_and_fetched_from_the_origin(
     registry: RunningRegistry, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from builder.build import BuildOptions
 from daemon.storage.registry import RegistryClient, RegistryOptions
 from rafs import oci
 from rafs.blob import decode_chunk
-from rafs.errors import BuildError
+from rafs.errors import BuildError, ConvertError
 from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference, sha256_digest
 from tests.registry.images import image_of_layers, make_image, push_image, sample_image, write_oci_layout
@@ -126,7 +126,7 @@ def test_check_names_what_differs(registry: RunningRegistry, client: RegistryCli
     assert run_nydusify("convert", "--source", str(source), "--target", str(target)).returncode == 0
 
     result = run_nydusify("check", "--source", str(other), "--target", str(target))
-    assert result.returncode == nydusify.ConvertError.exit_code
+    assert result.returncode == ConvertError.exit_code
     assert "/etc/motd: differs from the source" in result.stderr
     assert "/etc/same" not in result.stderr
     assert result.stderr.count("\n") == 1
@@ -146,7 +146,7 @@ def test_convert_errors_are_one_line(registry: RunningRegistry, tmp_path: Path) 
         == 0
     )
     again = run_nydusify("convert", "--source", str(converted_twice), "--target", f"{registry.host}/demo/again")
-    assert again.returncode == nydusify.ConvertError.exit_code and "already a converted image" in again.stderr
+    assert again.returncode == ConvertError.exit_code and "already a converted image" in again.stderr
 
 
 def test_convert_from_a_registry_that_is_down_fails_fast_in_one_line(tmp_path: Path) -> None:

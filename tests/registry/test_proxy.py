@@ -87,6 +87,7 @@ def test_many_readers_of_one_range_cost_the_origin_one_piece(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("fallback", [True, False])
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_an_unhealthy_proxy_is_passed_by_or_fails(rig: Rig, fallback: bool) -> None:
     client = rig.client(fallback=fallback)
     check = client.health_checks()[0]

@@ -180,7 +180,7 @@ def blob_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     directory = tmp_path / "blobs"
     directory.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[assignment, method-assign]
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

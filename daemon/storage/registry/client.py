@@ -202,6 +202,7 @@ class RegistryClient:
         )  # fmt: skip
         if response.status_code != 401:
             return response
+        response.close()  # the connection goes back to the pool before the retry
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:
             raise RegistryAuthError(f"{method} refused with HTTP 401 and no usable challenge", url=url, repo=repo)

@@ -70,7 +70,7 @@ def code_of(call: Any, request: Any) -> grpc.StatusCode:
         result = call(request)
         if not hasattr(result, "ByteSize"):
             list(result)
-    return raised.value.code()  # type: ignore[no-any-return]
+    return raised.value.code()
 
 
 def prepare(client: Client, key: str, parent: str = "", **labels: str) -> Any:
@@ -106,6 +106,7 @@ def test_layers_stack_as_overlay_mounts(running: Running, tmp_path: Path) -> Non
     assert usage.size > 0 and usage.inodes == 2
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_error_codes_are_containerds(running: Running) -> None:
     client = running.client
     prepare(client, "k1")
@@ -149,6 +150,7 @@ def test_a_nydus_data_layer_is_committed_under_its_chain_id_and_answered_already
     assert [m.type for m in mounts] == ["overlay"]
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_a_container_above_a_bootstrap_without_an_image_reference_fails_saying_how_to_fix_it(running: Running) -> None:
     client = running.client
     meta = {TARGET_SNAPSHOT_REF: "sha256:chain1", NYDUS_META_LAYER: "true"}
@@ -163,6 +165,7 @@ def test_a_container_above_a_bootstrap_without_an_image_reference_fails_saying_h
     assert keys == ["default/2/sha256:chain1"]  # the failed Prepare left nothing behind
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_update_sets_and_drops_labels_as_the_field_mask_says(running: Running) -> None:
     client = running.client
     prepare(client, "k1", "", a="1", b="2")

@@ -67,6 +67,7 @@ def test_adjacent_misses_are_one_range(image: tuple[str, str, bytes], tmp_path: 
     assert cache.read(requests[2].key, requests[2].record.digest, 10, 20) == data[2 * 4096 + 10 : 2 * 4096 + 30]
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_corrupt_chunk_is_isolated_and_not_cached(image: tuple[str, str, bytes], tmp_path: os.PathLike[str]) -> None:
     bootstrap, blob_dir, data = image
     requests = requests_of(bootstrap)
@@ -100,6 +101,7 @@ def test_backend_errors(image: tuple[str, str, bytes], tmp_path: os.PathLike[str
         backend.read_range("../" + blob_id[3:], 0, 1)
 
 
+@pytest.mark.logs_warnings  # provoked on purpose
 def test_undecodable_frame_fails_alone_in_a_zstd_run(tmp_path: os.PathLike[str]) -> None:
     """A frame that does not decompress fails the C batch; the run is then decoded chunk by chunk."""
     source = os.path.join(tmp_path, "src")

@@ -107,7 +107,7 @@ def wait_for_socket(path: str, process: subprocess.Popen[bytes], log_path: Path,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise AssertionError(f"{process.args!r} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         if os.path.exists(path):
             with socket.socket(socket.AF_UNIX) as probe:
                 try:

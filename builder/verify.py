@@ -1,29 +1,29 @@
-"""`check`, `inspect`, `stat` and `unpack`: read a bootstrap (and its blobs) back.
+"""`check`: read a bootstrap (and its blobs) back and trust nothing.
 
-`check` trusts nothing: it recomputes every inode digest bottom-up from the records, compares
-each with the stored one and the root with the superblock, then reads, decompresses and
-verifies every chunk of every blob, naming the first broken file and chunk.
+It recomputes every inode digest bottom-up from the records, compares each with the stored one
+and the root with the superblock, checks the layout, then reads, decompresses and verifies every
+chunk of every blob, naming the first broken file and chunk. `BlobFiles` is the verified chunk
+reader `builder.unpack` uses too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import stat
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import IO
 
-from builder.outputs import give_ordinary_mode
 from rafs import digest, layout
 from rafs.blob import decode_chunk
 from rafs.bootstrap import Bootstrap
-from rafs.errors import ChunkError, ConfigError, CorruptBlob, CorruptBootstrap, CorruptChunk
+from rafs.errors import ChunkError, CorruptBlob, CorruptBootstrap, CorruptChunk
 from rafs.records import ChunkRecord
+
+
+def show_path(path: bytes) -> str:
+    """A path as text for messages (undecodable bytes escaped)."""
+    return path.decode("utf-8", "backslashreplace")
 
 
 class BlobFiles:
@@ -73,10 +73,6 @@ class BlobFiles:
         self.handles.clear()
 
 
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 @dataclass
 class CheckReport:
     inodes: int = 0
@@ -104,11 +100,11 @@ def recompute_digests(bootstrap: Bootstrap) -> dict[int, bytes]:
             for chunk in chunks:
                 if chunk.file_offset != expected_offset:
                     raise CorruptBootstrap(
-                        f"{_show(path)}: chunk at file offset {chunk.file_offset}, expected {expected_offset}"
+                        f"{show_path(path)}: chunk at file offset {chunk.file_offset}, expected {expected_offset}"
                     )
                 expected_offset += chunk.uncompressed_size
             if expected_offset != inode.size:
-                raise CorruptBootstrap(f"{_show(path)}: chunks cover {expected_offset} bytes, size is {inode.size}")
+                raise CorruptBootstrap(f"{show_path(path)}: chunks cover {expected_offset} bytes, size is {inode.size}")
         elif inode.is_symlink:
             content = bootstrap.readlink(ino)
         else:
@@ -117,7 +113,7 @@ def recompute_digests(bootstrap: Bootstrap) -> dict[int, bytes]:
             bootstrap.digester, inode, xattrs=digest.encode_xattrs(bootstrap.xattrs(ino)), content=content
         )
         if value != inode.digest:
-            raise CorruptBootstrap(f"{_show(path_of[ino])}: inode {ino} digest mismatch")
+            raise CorruptBootstrap(f"{show_path(path_of[ino])}: inode {ino} digest mismatch")
         recomputed[ino] = value
     if recomputed[layout.ROOT_INO] != bootstrap.superblock.root_digest:
         raise CorruptBootstrap("root digest in the superblock does not match the tree")
@@ -143,7 +139,7 @@ def verify_structure(bootstrap: Bootstrap) -> None:
             for entry in bootstrap.readdir(ino):
                 if bootstrap.inode(entry.ino).is_dir:
                     if entry.ino in expected_parent:
-                        raise CorruptBootstrap(f"{_show(path)}: directory inode {entry.ino} is reachable twice")
+                        raise CorruptBootstrap(f"{show_path(path)}: directory inode {entry.ino} is reachable twice")
                     expected_parent[entry.ino] = ino
                 else:
                     expected_parent.setdefault(entry.ino, 0)
@@ -250,7 +246,7 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
                 try:
                     files.read_chunk(record, index)
                 except ChunkError as error:
-                    raise error.at_path(_show(path)) from None
+                    raise error.at_path(show_path(path)) from None
                 verified.add(key)
                 report.chunks_verified += 1
     finally:
@@ -272,110 +268,6 @@ def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:
     return report
 
 
-def describe_inode(bootstrap: Bootstrap, path: str) -> dict[str, object]:
-    """`inspect PATH`: metadata, xattrs, chunks and digest of one path."""
-    ino = bootstrap.resolve(path)
-    if ino is None:
-        raise ConfigError(f"{path}: no such path in the bootstrap")
-    inode = bootstrap.inode(ino)
-    result: dict[str, object] = {
-        "path": path,
-        "ino": ino,
-        "mode": f"{inode.mode:o}",
-        "type": _type_name(inode.mode),
-        "nlink": inode.nlink,
-        "uid": inode.uid,
-        "gid": inode.gid,
-        "size": inode.size,
-        "mtime_ns": inode.mtime_ns,
-        "rdev": inode.rdev,
-        "digest": inode.digest.hex(),
-        "xattrs": {k.decode("utf-8", "backslashreplace"): v.hex() for k, v in bootstrap.xattrs(ino).items()},
-    }
-    if inode.is_symlink:
-        result["target"] = _show(bootstrap.readlink(ino))
-    if inode.is_dir:
-        result["entries"] = [_show(entry.name) for entry in bootstrap.readdir(ino)]
-    if inode.is_reg:
-        result["chunks"] = [
-            {
-                "blob": bootstrap.blobs[c.blob_index].blob_id if not c.is_zero else None,
-                "file_offset": c.file_offset,
-                "compressed_offset": c.compressed_offset,
-                "compressed_size": c.compressed_size,
-                "uncompressed_size": c.uncompressed_size,
-                "compressed": c.is_compressed,
-                "zero": c.is_zero,
-                "digest": c.digest.hex(),
-            }
-            for c in bootstrap.chunks(ino)
-        ]
-    return result
-
-
-def _type_name(mode: int) -> str:
-    return {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "directory",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFCHR: "char",
-        stat.S_IFBLK: "block",
-        stat.S_IFIFO: "fifo",
-    }.get(stat.S_IFMT(mode), "unknown")
-
-
-def statistics(bootstrap: Bootstrap, bootstrap_size: int) -> dict[str, object]:
-    """`stat`: counts, sizes, dedup ratio and compression ratio of an image."""
-    counts: dict[str, int] = {}
-    seen: set[int] = set()
-    logical_bytes = 0
-    chunk_refs = 0
-    unique: dict[tuple[int, int], tuple[int, int]] = {}
-    for _, ino in bootstrap.walk():
-        inode = bootstrap.inode(ino)
-        kind = _type_name(inode.mode)
-        counts[kind] = counts.get(kind, 0) + 1
-        if ino in seen:
-            continue
-        seen.add(ino)
-        if inode.is_reg:
-            logical_bytes += inode.size
-            for chunk in bootstrap.chunks(ino):
-                chunk_refs += 1
-                if not chunk.is_zero:
-                    unique[(chunk.blob_index, chunk.compressed_offset)] = (
-                        chunk.compressed_size,
-                        chunk.uncompressed_size,
-                    )
-    stored_uncompressed = sum(u for _, u in unique.values())
-    stored_compressed = sum(c for c, _ in unique.values())
-    return {
-        "entries": counts,
-        "inodes": bootstrap.inode_count,
-        "hard_links": sum(counts.values()) - bootstrap.inode_count,
-        "logical_bytes": logical_bytes,
-        "chunk_references": chunk_refs,
-        "unique_chunks": len(unique),
-        "stored_uncompressed_bytes": stored_uncompressed,
-        "stored_compressed_bytes": stored_compressed,
-        "dedup_ratio": round(logical_bytes / stored_uncompressed, 3) if stored_uncompressed else 1.0,
-        "compression_ratio": round(stored_uncompressed / stored_compressed, 3) if stored_compressed else 1.0,
-        "blobs": [
-            {
-                "id": b.blob_id,
-                "compressed_size": b.compressed_size,
-                "chunks": b.chunk_count,
-                "compressor": b.compressor_name,
-            }
-            for b in bootstrap.blobs
-        ],
-        "bootstrap_bytes": bootstrap_size,
-        "chunk_size": bootstrap.chunk_size,
-        "digester": layout.DIGESTER_NAMES[bootstrap.digester],
-        "root_digest": bootstrap.superblock.root_digest.hex(),
-    }
-
-
 def verify_all(bootstrap: Bootstrap) -> None:
     """The whole Merkle tree and layout (`recompute_digests`, `verify_structure`), before `unpack`
     writes anything: a corrupt bootstrap is refused, naming its file, not half written."""
@@ -387,160 +279,3 @@ def verify_all(bootstrap: Bootstrap) -> None:
         raise CorruptBootstrap(
             message if message.startswith(bootstrap.name) else f"{bootstrap.name}: {message}"
         ) from None
-
-
-def _output_parent(output: str) -> str:
-    """The existing directory that will hold `output`; an error if there is none (`ConfigError`)."""
-    parent = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"cannot write {output}: parent directory {parent} does not exist")
-    return parent
-
-
-def unpack_to_directory(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
-    """Write the tree to `output` exactly as a container would see it; all or nothing.
-
-    `output` must not exist or be an empty directory, and its parent must exist. The tree is
-    written to a temporary directory beside it and renamed into place only when complete, so
-    a failure (a missing or corrupt blob) leaves nothing behind and never touches other files.
-    """
-    parent = _output_parent(output)
-    verify_all(bootstrap)
-    final_path = os.path.abspath(output)
-    if os.path.lexists(final_path):
-        if not os.path.isdir(final_path) or os.path.islink(final_path):
-            raise ConfigError(f"cannot unpack to {output}: it exists and is not a directory")
-        if os.listdir(final_path):
-            raise ConfigError(f"cannot unpack to {output}: directory is not empty")
-    temp_root = tempfile.mkdtemp(dir=parent, prefix=".unpack-", suffix=".tmp")
-    try:
-        _write_tree(bootstrap, blob_dir, os.fsencode(temp_root))
-        if os.path.isdir(final_path):
-            os.rmdir(final_path)  # empty, checked above
-        os.rename(temp_root, final_path)
-    except BaseException:
-        shutil.rmtree(temp_root, ignore_errors=True)
-        raise
-
-
-def _write_tree(bootstrap: Bootstrap, blob_dir: str, target_root: bytes) -> None:
-    """Write every inode under the existing directory `target_root` (which becomes the root)."""
-    files = BlobFiles(bootstrap, blob_dir)
-    first_path: dict[int, bytes] = {}
-    directories: list[tuple[bytes, int]] = []
-    try:
-        for path, ino in bootstrap.walk():
-            inode = bootstrap.inode(ino)
-            full = target_root + path if path != b"/" else target_root
-            if inode.is_dir:
-                if path != b"/":
-                    os.mkdir(full, 0o700)
-                directories.append((full, ino))
-                continue
-            if not inode.is_dir and inode.nlink > 1 and ino in first_path:
-                os.link(first_path[ino], full)
-                continue
-            first_path[ino] = full
-            if inode.is_reg:
-                with open(full, "wb") as out:
-                    for data in files.iter_file(ino):
-                        out.write(data)
-            elif inode.is_symlink:
-                os.symlink(bootstrap.readlink(ino), full)
-            elif stat.S_ISCHR(inode.mode) or stat.S_ISBLK(inode.mode) or stat.S_ISFIFO(inode.mode):
-                os.mknod(full, stat.S_IFMT(inode.mode) | 0o600, inode.rdev)
-            _apply_metadata(bootstrap, ino, full)
-        for full, ino in reversed(directories):
-            _apply_metadata(bootstrap, ino, full)
-    finally:
-        files.close()
-
-
-def _apply_metadata(bootstrap: Bootstrap, ino: int, full: bytes) -> None:
-    inode = bootstrap.inode(ino)
-    os.lchown(full, inode.uid, inode.gid)
-    if not inode.is_symlink:
-        os.chmod(full, stat.S_IMODE(inode.mode))  # after chown, which clears setuid/setgid
-    for name, value in bootstrap.xattrs(ino).items():  # after chown, which drops security.capability
-        os.setxattr(full, name, value, follow_symlinks=False)
-    os.utime(full, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=False)
-
-
-def unpack_to_tar(bootstrap: Bootstrap, blob_dir: str, output: str) -> None:
-    """Write the tree as a PAX tar (xattrs, nanosecond mtimes, hard links kept)."""
-    directory = _output_parent(output)
-    verify_all(bootstrap)
-    files = BlobFiles(bootstrap, blob_dir)
-    descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=".unpack-", suffix=".tmp")
-    first_path: dict[int, str] = {}
-    try:
-        give_ordinary_mode(descriptor)
-        with (
-            os.fdopen(descriptor, "wb") as raw,
-            tarfile.open(
-                fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
-            ) as archive,
-        ):
-            for path, ino in bootstrap.walk():
-                inode = bootstrap.inode(ino)
-                name = "." + os.fsdecode(path) if path != b"/" else "."
-                info = tarfile.TarInfo(name)
-                info.mode = stat.S_IMODE(inode.mode)
-                info.uid, info.gid = inode.uid, inode.gid
-                info.mtime = inode.mtime_sec
-                pax = {"mtime": str(Decimal(inode.mtime_ns) / Decimal(1_000_000_000))}
-                for key, value in bootstrap.xattrs(ino).items():
-                    pax["SCHILY.xattr." + key.decode("utf-8", "surrogateescape")] = value.decode(
-                        "utf-8", "surrogateescape"
-                    )
-                info.pax_headers = pax
-                data: _ChunkStream | None = None
-                if not inode.is_dir and inode.nlink > 1 and ino in first_path:
-                    info.type = tarfile.LNKTYPE
-                    info.linkname = first_path[ino]
-                elif inode.is_dir:
-                    info.type = tarfile.DIRTYPE
-                elif inode.is_reg:
-                    info.size = inode.size
-                    data = _ChunkStream(files.iter_file(ino))
-                elif inode.is_symlink:
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = os.fsdecode(bootstrap.readlink(ino))
-                elif stat.S_ISFIFO(inode.mode):
-                    info.type = tarfile.FIFOTYPE
-                else:
-                    info.type = tarfile.CHRTYPE if stat.S_ISCHR(inode.mode) else tarfile.BLKTYPE
-                    info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
-                if not inode.is_dir:
-                    first_path.setdefault(ino, name)
-                archive.addfile(info, data)
-        os.replace(temp_path, output)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
-    finally:
-        files.close()
-
-
-class _ChunkStream:
-    """A file-like view over an iterator of chunks, for `tarfile.addfile` (no re-copying)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.chunks = chunks
-        self.current = memoryview(b"")
-
-    def read(self, size: int = -1) -> bytes:
-        parts: list[bytes] = []
-        wanted = size if size >= 0 else 1 << 62
-        while wanted > 0:
-            if not self.current:
-                try:
-                    self.current = memoryview(next(self.chunks))
-                except StopIteration:
-                    break
-            part = self.current[:wanted]
-            self.current = self.current[len(part) :]
-            parts.append(bytes(part))
-            wanted -= len(part)
-        return b"".join(parts)

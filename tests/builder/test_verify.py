@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builder.build import BuildOptions
-from builder.check import check
+from builder.verify import check
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
 from rafs.mapped import open_bootstrap
