@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from builder.outputs import give_ordinary_mode
 from rafs.blob import compress_chunk
+from rafs.outputs import give_ordinary_mode
 from rafs.records import BlobRecord
 
 

@@ -27,13 +27,13 @@ from builder.layers import (
     normalize_path,
 )
 from builder.oci_layout import read_layout, split_reference
-from builder.outputs import atomic_file
 from builder.overlay import BuildNode, Overlay
 from rafs import layout
 from rafs.bootstrap import Bootstrap
 from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
 from rafs.oci import Platform, host_platforms
+from rafs.outputs import atomic_file
 from rafs.records import ChunkRecord
 from rafs.tree import FsNode, walk
 from rafs.writer import write_bootstrap

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from builder import describe, unpack, verify
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
-from builder.outputs import atomic_file
 from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
 from rafs.errors import ConfigError
 from rafs.mapped import open_bootstrap
+from rafs.outputs import atomic_file
 
 
 def _parser() -> argparse.ArgumentParser:

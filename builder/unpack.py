@@ -1,7 +1,7 @@
 """`unpack`: the tree of a bootstrap written out, to a directory or a PAX tar; all or nothing.
 
 Every digest is verified before anything is written, every chunk as it is read, and the output
-appears (by rename, `builder.outputs`) only when complete.
+appears (by rename, `rafs.outputs`) only when complete.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import tarfile
 from collections.abc import Iterator
 from decimal import Decimal
 
-from builder.outputs import atomic_directory, atomic_file
 from builder.verify import BlobFiles, verify_all
 from rafs.bootstrap import Bootstrap
 from rafs.errors import ConfigError
+from rafs.outputs import atomic_directory, atomic_file
 
 
 def _output_parent(output: str) -> str:

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+from rafs.outputs import atomic_file
+
 
 class Timeline:
     """Range requests, blocked reads and phase marks of one daemon run."""
@@ -48,7 +50,7 @@ class Timeline:
         self.blocked.append({"start": start, "end": time.time()})
 
     def write(self, path: str) -> None:
-        """The JSON file, written under a temporary name and renamed, so it is whole or absent."""
+        """The JSON file, whole or absent (`rafs.outputs.atomic_file`)."""
         record = {
             "clock": "unix",
             "started_at": self.started_at,
@@ -62,7 +64,5 @@ class Timeline:
             "reads": self.reads,
             "cpu_s": sum(os.times()[:2]),  # this process's user + system time: the daemon's cost to the host
         }
-        temp_path = f"{path}.tmp{os.getpid()}"
-        with open(temp_path, "w", encoding="utf-8") as file:
-            json.dump(record, file)
-        os.replace(temp_path, path)
+        with atomic_file(path) as file:
+            file.write(json.dumps(record).encode())

@@ -62,6 +62,7 @@ from daemon.storage.transport import (
 )
 from rafs import oci
 from rafs.oci import ImageReference, host_platforms, sha256_digest
+from rafs.outputs import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -503,28 +504,26 @@ class RegistryClient:
         progress: Callable[[int], None] | None = None,
         max_bytes: int = UNBOUNDED_BYTES,
     ) -> int:
-        """Stream a blob to `path` (via a temporary name), verified; returns its size.
+        """Stream a blob to `path` (`rafs.outputs.atomic_file`), verified; returns its size.
 
         A body cut short (or too slow) is fetched again from the start: the temporary file is
         rewritten. More than `max_bytes` is `BodyTooLarge`, and nothing is left on disk.
         """
-        temp_path = f"{path}.part"
         hasher: list[hashlib._Hash] = []
+        with atomic_file(path) as output:
 
-        def save(response: requests.Response) -> None:
-            hasher.clear()
-            sha = hashlib.sha256()
-            received = 0
-            with open(temp_path, "wb") as output:
+            def save(response: requests.Response) -> None:
+                hasher.clear()
+                output.seek(0)
+                output.truncate()  # a retry starts the file again
+                sha = hashlib.sha256()
                 for data in self.transport.body_pieces(response, max_bytes):
                     output.write(data)
                     sha.update(data)
-                    received += len(data)
                     if progress is not None:
                         progress(len(data))
-            hasher.append(sha)
+                hasher.append(sha)
 
-        try:
             response = self._read("GET", ref, f"{ref.repository}/blobs/{digest}", on_success=save)
             if not hasher:
                 raise self._fail(response, "blob", f"blob {digest}", ref, digest)
@@ -532,10 +531,6 @@ class RegistryClient:
                 raise DigestMismatch(
                     "blob content differs from its digest", url=response.url, repo=ref.repository, digest=digest
                 )
-            os.replace(temp_path, path)
-        finally:
-            if os.path.exists(temp_path):
-                os.unlink(temp_path)
         return os.path.getsize(path)
 
     def read_blob_range(self, ref: ImageReference, digest: str, offset: int, length: int) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.outputs import atomic_directory, atomic_file, created_file_mode
+from rafs.outputs import atomic_directory, atomic_file, created_file_mode
 
 
 def test_a_file_appears_only_when_complete(tmp_path: Path) -> None:

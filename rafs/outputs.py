@@ -1,4 +1,7 @@
-"""Every output the builder writes appears whole or not at all: `atomic_file`, `atomic_directory`.
+"""Every file the project writes for others appears whole or not at all: `atomic_file`, `atomic_directory`.
+
+The builder's bootstrap, unpacked trees and JSON, and the daemon's timeline and downloaded blobs
+all go through here.
 
 Each is written under a temporary name beside its target (so the rename stays on one
 filesystem), fsynced, and renamed over the target only when the block that writes it ends; if
