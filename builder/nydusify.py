@@ -30,7 +30,7 @@ from builder.warm import warm
 from daemon.storage.registry import HttpOptions, Mirror, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
-from rafs.errors import ConvertError, ImageError
+from rafs.errors import ConfigError, ConvertError, ImageError
 from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
 
@@ -296,7 +296,12 @@ def _warm(arguments: argparse.Namespace) -> int:
     mirror = arguments.mirror
     plain_http = True if arguments.plain_http else None
     if "://" in mirror:
-        plain_http, mirror = mirror.startswith("http://"), mirror.split("://", 1)[1].rstrip("/")
+        scheme, mirror = mirror.split("://", 1)
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"--mirror {arguments.mirror}: expected host[:port] or http(s)://host[:port]")
+        plain_http, mirror = scheme == "http", mirror.rstrip("/")
+    if not mirror or "/" in mirror:
+        raise ConfigError(f"--mirror {arguments.mirror}: expected host[:port] or http(s)://host[:port]")
     options = RegistryOptions(
         plain_http=True if arguments.plain_http else None,
         mirrors=(Mirror(mirror, plain_http=plain_http),),

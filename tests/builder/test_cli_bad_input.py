@@ -105,3 +105,12 @@ def test_create_into_a_missing_directory_fails_before_building(tmp_path: Path, o
         arguments += [name, value]
     _fails_in_one_line(arguments, option, str(tmp_path / "no" / "such"), "does not exist")
     assert sorted(os.listdir(tmp_path)) == before  # no bootstrap, no blob dir
+
+
+@pytest.mark.parametrize("mirror", ["ftp://mirror:5000", "http://", "http://mirror:5000/v2", ""])
+def test_warm_refuses_a_mirror_that_is_not_a_registry_address(mirror: str) -> None:
+    """`nydusify warm --mirror` takes host[:port] or http(s)://host[:port]; anything else is one line, exit 2."""
+    completed = run_console("nydusify", ["warm", "--target", "127.0.0.1:1/demo/app:v1", "--mirror", mirror])
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--mirror" in lines[0] and "http(s)://host[:port]" in lines[0], completed.stderr
