@@ -49,6 +49,8 @@ class LocalFsBackend:
                 if error.errno == errno.EINTR:
                     continue
                 raise BackendError(f"read failed: {error.strerror}", blob_id=blob_id) from None
+            except OverflowError:  # an offset no file can have (a corrupt chunk record)
+                raise RangeNotSatisfied(f"range [{offset}, +{length}) beyond any file", blob_id=blob_id) from None
             if not part:
                 raise RangeNotSatisfied(f"range [{offset}, +{length}) beyond the end at {position}", blob_id=blob_id)
             parts.append(part)
