@@ -16,7 +16,7 @@ import pytest
 from daemon.storage.cache import DiskChunkCache
 from daemon.storage.fetch import fetch_chunks
 from daemon.storage.options import Mirror
-from daemon.storage.registry import RegistryBackend, RegistryClient, RegistryOptions
+from daemon.storage.registry import RegistryBackend, RegistryClient, RegistryOptions, mirrors
 from rafs import layout
 from rafs.oci import ImageReference, sha256_digest
 from tests.daemon.images import build_image
@@ -163,3 +163,21 @@ def test_a_corrupt_range_from_a_mirror_is_caught_and_fetched_from_the_origin(
         assert mirror.count("GET", "/blobs/") == 2, "the probe and the damaged range: the retry skipped the mirror"
     finally:
         mirror.stop()
+
+
+def test_probes_of_a_cold_blob_back_off_within_their_jitter() -> None:
+    """Each probe of a blob that stays cold waits longer than the last, up to the cap; a blob
+    found ready or absent starts again from the base interval."""
+    gate = mirrors.RangeGate(probe_interval_s=0.5, cold_wait_s=60.0)
+    low, high = 1 - mirrors.PROBE_JITTER, 1 + mirrors.PROBE_JITTER
+    for cold_probes in range(20):
+        nominal = min(0.5 * mirrors.PROBE_BACKOFF ** max(cold_probes - 1, 0), mirrors.MAX_PROBE_INTERVAL_S)
+        for _ in range(20):
+            assert nominal * low <= gate.wait_after(cold_probes) <= nominal * high
+    assert gate.wait_after(50) <= mirrors.MAX_PROBE_INTERVAL_S * high
+
+    answers = iter([mirrors.Probe.COLD, mirrors.Probe.COLD, mirrors.Probe.RANGES])
+    gate.probe_interval_s = 0.01
+    assert gate.ready("sha256:x", lambda: next(answers)) is mirrors.Probe.RANGES
+    assert gate.probes == 3
+    assert gate.ready("sha256:x", lambda: pytest.fail("a ready blob is not probed again")) is mirrors.Probe.RANGES

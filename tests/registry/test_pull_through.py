@@ -31,10 +31,14 @@ BLOB_BYTES = 16 << 20
 # runs until its next write fails; measured ~1.1 MB at 200 Mbit/s (each host's first contact
 # with a cold blob costs one, whatever it asks). A copy read whole would cost the blob.
 ABANDONED_COPY_BYTES = 2 << 20
-# Eight hosts' first contacts, measured over runs: 1.1x the blob or 2.1x (one of the abandoned
-# copies runs on to the end, a race inside the registry we cannot close from outside); without
-# the gate, every one of the 32 reads would stream the cold blob: up to 33x.
-MANY_HOSTS_BOUND = 2.5
+# How many whole copies eight hosts' first contacts may cost: two. docker-registry 2.8 looks in
+# its cache, pings the origin under a lock (one request at a time, an origin round trip each),
+# then checks for a copy in flight; eight requests arriving together queue on that lock, and one
+# that looked before the first copy committed and checks after it finished starts a second
+# (`proxyblobstore.go`; measured 1.1x or 2.1x the blob with two probes per host). A race inside
+# the registry that no client can close; warming the mirror avoids it. Without the gate every
+# one of the 32 reads would stream the cold blob: up to 33x.
+MANY_HOSTS_WHOLE_COPIES = 2
 
 
 @dataclass
@@ -143,8 +147,9 @@ def test_many_hosts_first_ranges_of_one_blob_pull_it_about_once(pull_through: Pu
             client.close()
     assert not failures, failures[0]
     assert not any(thread.is_alive() for thread in threads)
-    assert all(client.mirrors[0].gate.probes <= 20 for client in clients)  # one probe per interval per host
-    assert pull_through.origin_bytes() <= MANY_HOSTS_BOUND * BLOB_BYTES
+    assert all(client.mirrors[0].gate.probes <= 10 for client in clients)  # one at a time per host, backing off
+    probes = sum(client.mirrors[0].gate.probes for client in clients)
+    assert pull_through.origin_bytes() <= MANY_HOSTS_WHOLE_COPIES * BLOB_BYTES + probes * ABANDONED_COPY_BYTES
 
 
 def test_a_mirror_that_cannot_cache_the_blob_is_passed_by(pull_through: PullThrough) -> None:

@@ -13,21 +13,29 @@ first GET of a blob (a range, or a whole bootstrap layer) goes to a mirror, one 
 unread) asks:
 - `206`: the mirror serves ranges of it from its cache; ranges go there from now on;
 - `200`: not cached yet; that probe has also made the mirror start caching it, so readers
-  wait, sharing one probe per `probe_interval_s` among all threads, until it answers `206`, or
-  until `cold_wait_s` has passed since the blob was found cold, after which reads of it go past
-  this mirror (to the next, or the origin) without waiting, one probe per interval still
-  watching for it.
+  wait, sharing one probe at a time among all threads, until it answers `206`, or until
+  `cold_wait_s` has passed since the blob was found cold, after which reads of it go past this
+  mirror (to the next, or the origin) without waiting, the probes still watching for it.
 A probe of a cold blob is not free: the mirror starts a copy from the origin for it, which
 stops when its write to us fails (measured ~1 MB at 200 Mbit/s; a HEAD would be worse: the
 registry copies the whole blob for a HEAD and discards it). Waiting rather than going to the
 origin meanwhile keeps the origin link flat when many hosts start at once: each host's wait
 costs a probe or two, not a copy of what it reads.
+
+Why the probes of a cold blob back off (each waits `PROBE_BACKOFF` times the one before, up to
+`MAX_PROBE_INTERVAL_S`, with jitter): docker-registry 2.8 (`proxyblobstore.go`) looks in its
+cache, then pings the origin under a lock (an origin round trip per request, one request at a
+time), and only then checks whether a copy of the blob is in flight. A probe that looked before
+the caching copy committed and checks after it finished starts a second whole copy. The more
+probes all hosts send while a blob caches, the likelier that is; a probe rate that falls as the
+wait grows keeps it rare, and the jitter keeps hosts that started together from probing together.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +47,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROBE_INTERVAL_S = 0.5
 DEFAULT_COLD_WAIT_S = 60.0
+PROBE_BACKOFF = 1.5  # each probe of a cold blob waits this much longer than the one before
+MAX_PROBE_INTERVAL_S = 8.0
+PROBE_JITTER = 0.25  # each wait is drawn within this share either side of its nominal value
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class _BlobState:
     ready: bool = False
     cold_since: float = 0.0
     next_probe_at: float = 0.0
+    cold_probes: int = 0  # probes that found it cold since it was last ready or absent
     probing: bool = False
     last: Probe | None = None  # the latest probe's answer
 
@@ -115,16 +127,24 @@ class RangeGate:
             state.probing = False
             state.last = outcome
             now = time.monotonic()
-            state.next_probe_at = now + self.probe_interval_s
             if outcome is Probe.RANGES:
                 state.ready = True
             elif outcome is Probe.COLD:
+                state.cold_probes += 1
                 if not state.cold_since:
                     state.cold_since = now
                     log.info("mirror has not cached blob %s yet: waiting up to %.0f s for it", digest, self.cold_wait_s)
             else:
                 state.cold_since = 0.0
+                state.cold_probes = 0
+            state.next_probe_at = now + self.wait_after(state.cold_probes)
             self._changed.notify_all()
+
+    def wait_after(self, cold_probes: int) -> float:
+        """How long after a probe the next may go, when `cold_probes` in a row found the blob cold."""
+        nominal = self.probe_interval_s * PROBE_BACKOFF ** max(cold_probes - 1, 0)
+        nominal = min(nominal, max(MAX_PROBE_INTERVAL_S, self.probe_interval_s))
+        return nominal * random.uniform(1 - PROBE_JITTER, 1 + PROBE_JITTER)
 
     def went_cold(self, digest: str) -> None:
         """A range came back `200` after all (the mirror evicted it): probe again before the next."""
@@ -132,6 +152,7 @@ class RangeGate:
             state = self._blobs.setdefault(digest, _BlobState())
             state.ready = False
             state.cold_since = time.monotonic()
+            state.cold_probes = 0
             state.next_probe_at = 0.0
 
 
