@@ -2,8 +2,14 @@
 
 The kernel here has no netem, so the cold-start benchmark puts this proxy between the daemon
 (or the OCI puller) and the registry. It models one shared link: each direction is a
-bottleneck of `rate` bits per second that every connection shares (bytes queue for it in
-arrival order), followed by a one-way propagation delay of RTT/2. Usage:
+bottleneck of `rate` bits per second followed by a one-way propagation delay of RTT/2. The
+connections crossing it share the bottleneck as TCP flows converge to: round robin, a piece
+(`PIECE_BYTES`) at a time among those with bytes waiting, so a small answer (a 4 KiB chunk, a
+ping) waits behind one piece per busy connection, not behind every byte they have queued. Each
+connection queues at most `FLOW_QUEUE_BYTES` at the bottleneck (what a router buffer lets a flow
+keep there) and has at most `FLOW_WINDOW_BYTES` sent but not taken by the far end (its receive
+window); a connection closed by either end drops what it had queued, as a reset sender would.
+Usage:
 
     python3 -m benchmarks.shaper --upstream 127.0.0.1:5000 [--listen 127.0.0.1:0] \
         [--rtt-ms 20] [--rate-mbit 200] [--series-file FILE]
@@ -24,35 +30,117 @@ byte of its response is delivered; `peak_in_flight` is the most in flight since 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import trio
 
 from benchmarks.http_meter import ConnectionMeter, RequestCounters
 
 READ_SIZE = 64 * 1024
-QUEUE_PIECES = 64
+PIECE_BYTES = 32 * 1024  # the round robin's grain: what one connection sends before the next's turn
+PACING_S = 0.001  # the bottleneck runs at most this far ahead of the clock (fewer wake-ups)
+FLOW_QUEUE_BYTES = 64 * 1024
+FLOW_WINDOW_BYTES = 4 << 20
 SERIES_INTERVAL_S = 0.05
 
 
-@dataclass
+class Flow:
+    """One connection's bytes in one direction: waiting at the bottleneck, then on the wire."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.waiting: collections.deque[bytes] = collections.deque()  # b"" is the end of the stream
+        self.waiting_bytes = 0
+        self.on_wire: collections.deque[tuple[float, bytes]] = collections.deque()  # (arrives at, piece)
+        self.on_wire_bytes = 0
+        self.closed = False
+        self.has_room = trio.lowlevel.ParkingLot()  # the reader waits here while the queue is full
+        self.has_arrivals = trio.lowlevel.ParkingLot()  # the writer waits here for the wire
+
+    async def queue(self, data: bytes) -> None:
+        """Put bytes read from the source in line for the bottleneck (b"" ends the stream)."""
+        pieces = [data[at : at + PIECE_BYTES] for at in range(0, len(data), PIECE_BYTES)] or [b""]
+        for piece in pieces:
+            while self.waiting_bytes >= FLOW_QUEUE_BYTES and not self.closed:
+                await self.has_room.park()
+            if self.closed:
+                return
+            self.waiting.append(piece)
+            self.waiting_bytes += len(piece)
+            self.link.wants_turn(self)
+
+    async def arrival(self) -> bytes | None:
+        """The next piece once it has crossed the wire; None when the flow was closed."""
+        while not self.on_wire and not self.closed:
+            await self.has_arrivals.park()
+        if self.closed:
+            return None
+        arrives_at, piece = self.on_wire[0]
+        await trio.sleep_until(arrives_at)
+        if self.closed:
+            return None
+        self.on_wire.popleft()
+        self.on_wire_bytes -= len(piece)
+        self.link.wants_turn(self)  # the window has room again
+        return piece
+
+    def close(self) -> None:
+        """Either end went away: drop what waits, and wake both sides."""
+        self.closed = True
+        self.waiting.clear()
+        self.waiting_bytes = 0
+        self.has_room.unpark_all()
+        self.has_arrivals.unpark_all()
+
+    def can_send(self) -> bool:
+        return bool(self.waiting) and not self.closed and self.on_wire_bytes < FLOW_WINDOW_BYTES
+
+
 class Link:
-    """One direction of the shaped link: a serialising bottleneck plus propagation delay."""
+    """One direction of the shaped link: a bottleneck shared round robin, then propagation delay."""
 
-    rate_bytes_per_s: float
-    one_way_delay_s: float
-    free_at: float = 0.0
-    bytes_carried: int = 0  # counted as each piece is handed to the far end
+    def __init__(self, rate_bytes_per_s: float, one_way_delay_s: float) -> None:
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self.one_way_delay_s = one_way_delay_s
+        self.bytes_carried = 0  # counted as each piece is handed to the far end
+        self._turns: collections.deque[Flow] = collections.deque()
+        self._in_turns: set[Flow] = set()
+        self._has_turns = trio.lowlevel.ParkingLot()
+        self._free_at = 0.0
 
-    def schedule(self, now: float, size: int) -> float:
-        """When a piece of `size` bytes that arrived at `now` reaches the other end."""
-        start = max(now, self.free_at)
-        self.free_at = start + (size / self.rate_bytes_per_s if self.rate_bytes_per_s > 0 else 0.0)
-        return self.free_at + self.one_way_delay_s
+    def wants_turn(self, flow: Flow) -> None:
+        if flow not in self._in_turns and flow.can_send():
+            self._turns.append(flow)
+            self._in_turns.add(flow)
+            self._has_turns.unpark_all()
+
+    async def run(self) -> None:
+        """Send one piece at a time, each flow with bytes waiting in turn."""
+        while True:
+            while not self._turns:
+                await self._has_turns.park()
+            flow = self._turns.popleft()
+            self._in_turns.discard(flow)
+            if not flow.can_send():
+                continue
+            piece = flow.waiting.popleft()
+            flow.waiting_bytes -= len(piece)
+            flow.has_room.unpark_all()
+            now = trio.current_time()
+            self._free_at = max(self._free_at, now)
+            if self.rate_bytes_per_s > 0:
+                self._free_at += len(piece) / self.rate_bytes_per_s
+            if not flow.closed:
+                flow.on_wire.append((self._free_at + self.one_way_delay_s, piece))
+                flow.on_wire_bytes += len(piece)
+                flow.has_arrivals.unpark_all()
+            self.wants_turn(flow)
+            if self._free_at > now + PACING_S:
+                await trio.sleep_until(self._free_at - PACING_S)  # keep at most PACING_S of sending ahead
 
 
 Observer = Callable[[bytes], None]
@@ -70,41 +158,40 @@ async def _pump(
     on_delivered: Observer = _ignore,
 ) -> None:
     """Carry `source`'s bytes to `sink` through `link`, showing them to the observers on the way."""
-    send_channel, receive_channel = trio.open_memory_channel[tuple[float, bytes]](QUEUE_PIECES)
+    flow = Flow(link)
 
     async def read_side() -> None:
-        async with send_channel:
-            while True:
-                try:
-                    data = await source.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if data:
-                    on_read(data)
-                deliver_at = link.schedule(trio.current_time(), len(data)) if data else trio.current_time()
-                try:
-                    await send_channel.send((deliver_at, data))
-                except trio.BrokenResourceError:
-                    return  # the far end went away (the writer stopped): nothing more to carry
-                if not data:
-                    return
+        while not flow.closed:
+            try:
+                data = await source.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if data:
+                on_read(data)
+            await flow.queue(data)
+            if not data:
+                return
 
     async def write_side() -> None:
-        async with receive_channel:
-            async for deliver_at, data in receive_channel:
-                await trio.sleep_until(deliver_at)
-                if not data:
+        try:
+            while True:
+                piece = await flow.arrival()
+                if piece is None:
+                    return
+                if not piece:
                     try:
                         await sink.send_eof()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     return
-                link.bytes_carried += len(data)  # before the send: the far end never has bytes not yet counted
-                on_delivered(data)
+                link.bytes_carried += len(piece)  # before the send: the far end never has bytes not yet counted
+                on_delivered(piece)
                 try:
-                    await sink.send_all(data)
+                    await sink.send_all(piece)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+        finally:
+            flow.close()  # the far end is gone, or the stream ended: nothing more to carry
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_side)
@@ -164,6 +251,8 @@ async def run(
         await _serve_connection(stream, upstream, up, down, counters)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(up.run)
+        nursery.start_soon(down.run)
         if series_file:
             nursery.start_soon(_write_series, series_file, up, down, counters)
         nursery.start_soon(trio.serve_listeners, handler, listeners)

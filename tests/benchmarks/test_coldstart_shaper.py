@@ -156,3 +156,37 @@ def test_shaper_stops_with_its_group(shaper: Shaper) -> None:
     assert shaper.process.returncode is not None
     with pytest.raises(RuntimeError, match="exited"):
         shaper.sample_after(time.time() + 60)
+
+
+def test_a_small_answer_overtakes_a_bulk_transfer(server: str, tmp_path: Path) -> None:
+    """Connections share the link in turns, as TCP flows do: a small range asked for during a
+    bulk transfer waits for a piece of it, not for everything it has queued. Counted in the bulk
+    transfer's bytes that arrive meanwhile, not timed."""
+    slow = Shaper(server, rtt_ms=2, rate_mbit=40, series_path=tmp_path / "slow.jsonl")
+    received = [0]
+    stop = threading.Event()
+
+    def bulk() -> None:
+        with requests.get(f"http://{slow.host}/big", stream=True, timeout=60) as response:
+            for piece in response.iter_content(65536):
+                received[0] += len(piece)
+                if stop.is_set():
+                    return
+
+    reader = threading.Thread(target=bulk)
+    try:
+        reader.start()
+        while received[0] < (1 << 20):  # the bulk transfer is under way, its queue full
+            time.sleep(0.01)
+        before = received[0]
+        small = requests.get(f"http://{slow.host}/blob", headers={"Range": "bytes=0-999"}, timeout=60)
+        meanwhile = received[0] - before
+        assert small.content == BLOB[:1000]
+        # Round robin: a piece or two of the bulk (32 KiB each) plus what the link carries in the
+        # client's own overhead. First come, first served would have delivered all the bulk
+        # transfer had queued at the bottleneck before the small answer: megabytes.
+        assert meanwhile < 512 * 1024, meanwhile
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+        slow.stop()
