@@ -162,14 +162,15 @@ def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
         "read_bytes": None,
         "links": [],
     }
-    if shutil.which("nydusify") is not None:
-        record["convert_s"] = convert(net, repository, NYDUS_TAG, work / "convert")
-        record["nydus_blob_bytes"], record["bootstrap_bytes"] = converted_sizes(net, repository, NYDUS_TAG)
-        shutil.rmtree(work / "convert", ignore_errors=True)
+    record["convert_s"] = convert(net, repository, NYDUS_TAG, work / "convert")
+    record["nydus_blob_bytes"], record["bootstrap_bytes"] = converted_sizes(net, repository, NYDUS_TAG)
+    shutil.rmtree(work / "convert", ignore_errors=True)
     return Prepared(built, repository, record)
 
 
 # ---- measured starts
+
+REQUIRED_TOOLS = ("nydusd", "nydusify", "runc", "tar", "umount")
 
 Start = Callable[[Phases], DaemonRecord | None]
 
@@ -438,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_arguments(argv)
     if os.geteuid() != 0:
         print("coldstart: needs root (runc, overlay and FUSE mounts, drop_caches)", file=sys.stderr)
+        return 2
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        print(f"coldstart: not on PATH: {', '.join(missing)} (scripts/install.sh installs them; "
+              "its venv's bin/ must be on PATH)", file=sys.stderr)  # fmt: skip
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     started = time.perf_counter()

@@ -229,6 +229,11 @@ class ChunkSource:
             results = await trio.to_thread.run_sync(
                 self._load, job, limiter=self._fetch_limiter, abandon_on_cancel=True
             )
+        except Exception as error:  # a bug, or a backend raising what it should not: these reads
+            # fail (EIO); the worker and every other read go on, rather than the whole mount dying
+            log.exception("fetch of %d chunk(s) of blob %s failed unexpectedly", len(job.run), job.run[0].blob.blob_id)
+            failure = BackendError(f"unexpected error while fetching: {error!r}")
+            results = {request.key: failure for request in job.run}
         finally:
             self.in_flight -= 1
             for request in job.run:

@@ -26,7 +26,7 @@ from daemon.metrics import BackendMetrics, FsMetrics, Inflight, MeteredBackend
 from daemon.prefetch import Prefetcher
 from daemon.readahead import Readahead
 from daemon.reader import FileReader
-from daemon.storage.backend import BlobBackend
+from daemon.storage.backend import BlobBackend, MirrorWarming
 from daemon.storage.backends import open_backend
 from daemon.storage.cache import DATA_SUFFIX, INDEX_SUFFIX, ChunkCache, DiskChunkCache, MemoryChunkCache, blob_usage
 from daemon.storage.health import HealthCheck, HealthChecked
@@ -99,6 +99,7 @@ class ImageMount:
     prefetcher: Prefetcher | None = None
     prefetch_times: PrefetchTimes = field(default_factory=PrefetchTimes)
     health_checks: Sequence[HealthCheck] = ()  # the backend's mirrors and proxy, pinged while mounted
+    mirror_warming: MirrorWarming | None = None  # asked at mount to start mirrors caching every blob
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _distinct_chunks: int | None = None
 
@@ -114,6 +115,9 @@ class ImageMount:
                     await nursery.start(self.chunks.run)
                     if self.health_checks:
                         await nursery.start(run_health_checks, self.health_checks)
+                    if self.mirror_warming is not None:
+                        for blob in self.bootstrap.blobs:
+                            nursery.start_soon(self._warm_mirrors, self.mirror_warming, blob.blob_id)
                     prefetch = self.config.fs_prefetch
                     if prefetch.enable or self.options.prefetch_files is not None:
                         self.prefetcher = Prefetcher(
@@ -124,6 +128,13 @@ class ImageMount:
                     await trio.sleep_forever()
             except Exception:  # one image's failure must not take the daemon's other images down
                 log.exception("%s: background work of %s stopped", self.id, self.source)
+
+    async def _warm_mirrors(self, backend: MirrorWarming, blob_id: str) -> None:
+        """Each blob's question in a thread of its own, so that a mirror caches them side by side."""
+        try:
+            await trio.to_thread.run_sync(backend.warm_mirrors, blob_id, abandon_on_cancel=True)
+        except Exception:  # only a hint: the reads ask again
+            log.exception("%s: asking the mirrors to cache blob %s failed", self.id, blob_id)
 
     async def _prefetch(self, prefetcher: Prefetcher) -> None:
         self.prefetch_times.begin = time.time()
@@ -268,4 +279,5 @@ def open_image(
     return ImageMount(
         source, config, options, bootstrap, metered, cache, chunks, operations, metrics, backend_metrics, trace,
         health_checks=inner.health_checks() if isinstance(inner, HealthChecked) else (),
+        mirror_warming=inner if isinstance(inner, MirrorWarming) else None,
     )  # fmt: skip

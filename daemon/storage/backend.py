@@ -8,7 +8,7 @@ from worker threads.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rafs.errors import BackendError as BackendError  # the branch root, part of this interface
 
@@ -42,6 +42,16 @@ class BlobBackend(Protocol):
 
     def close(self) -> None:
         """Release files and connections; later calls may fail."""
+        ...
+
+
+@runtime_checkable
+class MirrorWarming(Protocol):
+    """A backend reading through pull-through mirrors, which it can ask to start caching a blob."""
+
+    def warm_mirrors(self, blob_id: str) -> None:
+        """Ask the mirrors about the blob once (blocking for that question only, never for the
+        caching); a mirror that has not cached it starts."""
         ...
 
 

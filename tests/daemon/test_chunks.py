@@ -14,6 +14,7 @@ import trio.testing
 
 from daemon.chunks import ChunkSource, Priority
 from daemon.storage import fetch
+from daemon.storage.backend import BackendError
 from daemon.storage.cache import DATA_SUFFIX, DiskChunkCache, MemoryChunkCache
 from daemon.storage.localfs import LocalFsBackend
 from rafs import layout
@@ -263,3 +264,29 @@ async def test_requests_in_flight_reach_the_configured_concurrency(image: Image)
     assert backend.max_in_flight == 5
     assert source.stats.max_in_flight == 5
     assert source.stats.promoted_jobs == 1
+
+
+class BuggyBackend(LocalFsBackend):
+    """A backend whose first read raises what no backend should (a bug), then reads well."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        self.calls = 0
+
+    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        self.calls += 1
+        if self.calls == 1:
+            raise OverflowError("a bug in a backend")
+        return super().read_range(blob_id, offset, length)
+
+
+@pytest.mark.trio
+@pytest.mark.logs_warnings
+async def test_an_unexpected_error_in_a_fetch_fails_its_reads_and_the_source_serves_on(image: Image) -> None:
+    bootstrap, blob_dir, contents = image
+    source, _ = make_source(bootstrap, BuggyBackend(blob_dir), MemoryChunkCache())
+    async with running(source):
+        with pytest.raises(BackendError, match="unexpected error while fetching: OverflowError"):
+            await read(source, bootstrap, "a")
+        assert await read(source, bootstrap, "a") == contents["a"]  # the worker lived; asked again
+        assert await read(source, bootstrap, "b") == contents["b"]

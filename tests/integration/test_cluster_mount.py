@@ -2,7 +2,8 @@
 
 Real daemons, real registry: the proxy killed in the middle of a start (fallback on: every byte
 right, from the origin; off: EIO), its ping failing and recovering as checked by the mount's
-own health task (and no ping after unmount), and a start through a cold pull-through mirror.
+own health task (and no ping after unmount), a start through a cold pull-through mirror, and a
+mount that sets a cold mirror caching every blob of the image before anything is read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.dragonfly_standin import DragonflyStandIn
+from daemon.storage.registry import RegistryClient, RegistryOptions
+from rafs.oci import ImageReference, parse_converted_manifest
 from tests.daemon.images import debian_root
 from tests.daemon.nydusd import requires_fuse
 from tests.integration.registry_mount import convert, fix_mtimes, image_mounted, push_directory, write_image_config
@@ -139,5 +142,31 @@ def test_a_start_through_a_cold_pull_through_mirror(pushed: Pushed, tmp_path: Pa
             log = daemon.log()
         assert diff(snapshot_directory(pushed.source_dir), actual, ignore_root=True) == []
         assert "mirror has not cached blob" in log, log
+    finally:
+        mirror.stop()
+
+
+def test_a_mount_sets_a_cold_mirror_caching_every_blob_before_any_read(pushed: Pushed, tmp_path: Path) -> None:
+    """So that the mirror caches an image's blobs side by side from the start, not one after
+    another as the reads reach them. Nothing is read from the mount here."""
+    ref = ImageReference.parse(pushed.ref)
+    client = RegistryClient(RegistryOptions(docker_config=""))
+    try:
+        blobs = parse_converted_manifest(client.get_image_manifest(ref).document, pushed.ref).blob_digests
+    finally:
+        client.close()
+    mirror = start_registry(tmp_path / "mirror", remote_url=pushed.registry.url)
+
+    def cached(digest: str) -> bool:
+        algorithm, hex_digest = digest.split(":")
+        data = mirror.root / "storage/docker/registry/v2/blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
+        return data.exists()
+
+    try:
+        backend = {"mirrors": [{"host": f"http://{mirror.host}"}]}
+        config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), backend=backend)
+        with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")):
+            assert blobs
+            wait_for(lambda: all(cached(digest) for digest in blobs))  # nothing read them: the mount asked
     finally:
         mirror.stop()

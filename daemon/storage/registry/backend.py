@@ -32,6 +32,9 @@ class RegistryBackend:
             raise RegistryBlobNotFound("blob not found", repo=self.image.repository, digest=digest)
         return size
 
+    def warm_mirrors(self, blob_id: str) -> None:
+        self.client.ask_mirrors_to_cache(self.image, self._digest(blob_id))
+
     def health_checks(self) -> Sequence[HealthCheck]:
         return self.client.health_checks()
 

@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import IO
 from urllib.parse import urljoin
 
@@ -307,6 +308,17 @@ class RegistryClient:
             mirror.health.succeeded()
             return Probe.RANGES
         return Probe.COLD if response.status_code == 200 else Probe.ABSENT
+
+    def ask_mirrors_to_cache(self, ref: ImageReference, digest: str) -> None:
+        """Ask each usable mirror about blob `digest` once, without waiting: a pull-through mirror
+        that has not cached it starts now. Asked at mount for every blob of the image, the mirror
+        caches them side by side instead of one after another as reads reach them."""
+        if self.proxy is not None:
+            return
+        path = f"{ref.repository}/blobs/{digest}"
+        for mirror in self.mirrors:
+            if mirror.health.usable():
+                mirror.gate.ask_once(digest, partial(self._probe, mirror, ref, path))
 
     def mirror_serves(self, index: int, ref: ImageReference, digest: str) -> Probe:
         """Whether mirror `index` serves blob `digest` from its cache, after waiting for it as a

@@ -121,6 +121,21 @@ class RangeGate:
             if outcome is not Probe.COLD or not patient:
                 return outcome
 
+    def ask_once(self, digest: str, probe: Callable[[], Probe]) -> Probe | None:
+        """Probe `digest` now unless it was asked about already (then None), and do not wait for
+        it: a pull-through mirror that has not cached it starts caching it; readers wait as usual."""
+        with self._changed:
+            state = self._blobs.setdefault(digest, _BlobState())
+            if state.ready or state.probing or state.last is not None:
+                return None
+            state.probing = True
+        outcome = Probe.FAILED
+        try:
+            outcome = probe()
+        finally:
+            self._probed(digest, state, outcome)
+        return outcome
+
     def _probed(self, digest: str, state: _BlobState, outcome: Probe) -> None:
         with self._changed:
             self.probes += 1
