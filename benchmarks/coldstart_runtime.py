@@ -16,6 +16,7 @@ import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -78,19 +79,17 @@ def registry_client() -> RegistryClient:
 
 
 _SPEC_TEMPLATE: dict[str, object] = {}
+_SPEC_LOCK = threading.Lock()  # the cluster benchmark's hosts write bundles from threads at once
 
 
 def _spec_template() -> dict[str, object]:
     """`runc spec`'s default config (made once per process, in a scratch directory)."""
-    if not _SPEC_TEMPLATE:
-        scratch = Path(f"/tmp/coldstart-spec-{os.getpid()}")
-        scratch.mkdir(exist_ok=True)
-        try:
-            subprocess.run(["runc", "spec", "--bundle", str(scratch)], check=True)
-            _SPEC_TEMPLATE.update(json.loads((scratch / "config.json").read_text()))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return copy.deepcopy(_SPEC_TEMPLATE)
+    with _SPEC_LOCK:
+        if not _SPEC_TEMPLATE:
+            with tempfile.TemporaryDirectory(prefix="coldstart-spec-") as scratch:
+                subprocess.run(["runc", "spec", "--bundle", scratch], check=True)
+                _SPEC_TEMPLATE.update(json.loads((Path(scratch) / "config.json").read_text()))
+        return copy.deepcopy(_SPEC_TEMPLATE)
 
 
 def write_bundle(bundle: Path, rootfs: Path, args: Sequence[str]) -> None:

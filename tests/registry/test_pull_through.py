@@ -179,3 +179,14 @@ def test_nydusify_warm_leaves_every_blob_cached(registry: RunningRegistry, tmp_p
             assert requests.get(url + digest, headers=range_header(0, 1)).status_code == 206
     finally:
         mirror.stop()
+
+
+def test_a_blob_size_goes_past_a_mirror_that_has_not_cached_the_blob(pull_through: PullThrough) -> None:
+    """docker-registry answers a HEAD of a blob it lacks by copying the whole blob from the origin
+    (and discarding it); a size asked for before the mirror serves the blob goes to the origin."""
+    client = pull_through.client()
+    try:
+        assert client.blob_size(pull_through.ref, pull_through.digest) == BLOB_BYTES
+    finally:
+        client.close()
+    assert pull_through.origin_bytes() < 4096  # the mirror's own hello to the origin; a HEAD there: 2 copies

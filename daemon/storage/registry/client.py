@@ -266,6 +266,8 @@ class RegistryClient:
         gated = method == "GET" and bool(blobs) and digest.startswith("sha256:")
         if gated and mirror.gate.ready(digest, lambda: self._probe(mirror, ref, path)) != Probe.RANGES:
             return None
+        if method == "HEAD" and blobs and not mirror.gate.is_ready(digest):
+            return None  # a pull-through registry answers a HEAD of a blob it lacks by copying it whole
         try:
             response = self._send(
                 method, endpoint, endpoint.base_url + path, ref.repository,

@@ -121,6 +121,12 @@ class RangeGate:
             if outcome is not Probe.COLD or not patient:
                 return outcome
 
+    def is_ready(self, digest: str) -> bool:
+        """Whether a probe found the blob served from the mirror's cache (nothing is asked)."""
+        with self._changed:
+            state = self._blobs.get(digest)
+            return state is not None and state.ready
+
     def ask_once(self, digest: str, probe: Callable[[], Probe]) -> Probe | None:
         """Probe `digest` now unless it was asked about already (then None), and do not wait for
         it: a pull-through mirror that has not cached it starts caching it; readers wait as usual."""
