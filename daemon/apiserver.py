@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
+from daemon import unix_socket
 from rafs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ class ApiSocket:
     @classmethod
     def bind(cls, path: str) -> ApiSocket:
         """Listen at `path`, mode 0600; a stale socket is replaced, a live one refused."""
+        if unix_socket.too_long(path):
+            raise ConfigError(
+                f"--apisock {path}: longer than the {unix_socket.MAX_PATH_BYTES} bytes a unix socket path may have"
+            )
         try:
             existing = os.lstat(path)
         except FileNotFoundError:
@@ -235,7 +240,7 @@ class ApiSocket:
             file_ino = os.stat(path).st_ino
         except OSError as error:
             listener.close()
-            raise ConfigError(f"--apisock {path}: {error.strerror}") from None
+            raise ConfigError(f"--apisock {path}: {error.strerror or error}") from None
         finally:
             os.umask(old_umask)
         return cls(path, listener, file_ino)

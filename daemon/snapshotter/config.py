@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from daemon import unix_socket
 from daemon.snapshotter.errors import SnapshotterConfigError
 
 DAEMON_MODES = ("dedicated", "shared")
@@ -21,7 +22,6 @@ RECOVER_POLICIES = ("restart", "none")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 DEFAULT_ROOT = "/var/lib/containerd-nydus"
 DEFAULT_ADDRESS = "/run/containerd-nydus/containerd-nydus-grpc.sock"
-UNIX_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 LONGEST_DAEMON_SOCKET = "socket/nydusd-shared/api.sock"  # below the root (see layout.py)
 
 # Accepted keys per table ("" is the top level); a value of None is a nested table.
@@ -162,10 +162,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> SnapshotterConfi
         raise SnapshotterConfigError("daemon.threads_number must be at least 1")
     for name, path in (("address", os.path.abspath(config.address)),
                        ("root", os.path.join(os.path.abspath(config.root), LONGEST_DAEMON_SOCKET))):  # fmt: skip
-        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        if unix_socket.too_long(path):
             raise SnapshotterConfigError(
                 f"{name} is too long for a unix socket: {path} is {len(os.fsencode(path))} bytes, at most "
-                f"{UNIX_PATH_MAX} fit"
+                f"{unix_socket.MAX_PATH_BYTES} fit"
             )
     return SnapshotterConfig(
         **{

@@ -128,6 +128,21 @@ def test_what_is_not_done_is_refused_in_one_line(tmp_path: Path, arguments: list
     assert not is_mounted(str(tmp_path))
 
 
+def test_an_api_socket_path_too_long_for_unix_is_one_line_naming_it(image: Image, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    sock = str(deep / "api.sock")
+    config = write_config(str(tmp_path / "c.json"), image.blob_dir)
+    done = run_nydusd(
+        "fuse", "--bootstrap", image.bootstrap, "--config", config, "--mountpoint", str(tmp_path), "--apisock", sock
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"nydusd: --apisock {sock}: longer than the 107 bytes a unix socket path may have"
+    ]
+    assert not is_mounted(str(tmp_path))
+
+
 def test_other_commands_are_refused_and_version_is_the_apis(running: ApiDaemon) -> None:
     singleton = run_nydusd("singleton", "--apisock", "/tmp/x")
     assert singleton.returncode == 2
