@@ -5,8 +5,10 @@
 Starts Debian's `docker-registry` on loopback with a link shaper (`benchmarks.shaper`) in front
 of it for each rate, builds real images from Debian packages (cached in ~/.cache/nydus-py),
 pushes each as an OCI image and converts it with `nydusify convert`. Then, for each image and
-link, with the page cache dropped before every run, it times from nothing on the host to the
-exit of the image's workload run with `runc`:
+link, with the page cache dropped before every run (then the tools' own code, runc, tar and
+nydusd's interpreter and modules, read back in, as on a host that runs containers all day: the
+OCI puller runs in this process, loaded already), it times from nothing of the image on the host
+to the exit of the image's workload run with `runc`:
 
 - `oci`: the best case of a pull: every layer's download streamed into `tar -xz`, layers
   downloading in parallel while they unpack in order; then run;

@@ -250,8 +250,8 @@ def phases_table(image: ImageRecord, link: LinkRecord) -> str:
 def markdown(results: Results) -> str:
     settings = results["settings"]
     lines = [
-        f"Cold start, median of {settings.get('runs')} run(s), page cache dropped before every run; "
-        "ratios against OCI pull + unpack and against the local disk of the same image and link, same run. "
+        f"Cold start, median of {settings.get('runs')} run(s), page cache dropped before every run "
+        "(the tools' code read back in); ratios against OCI pull + unpack and against the local disk of the same image and link, same run. "
         "Phases are of the median run, in seconds from the start (nothing on the host).",
     ]
     for image in results["images"]:
