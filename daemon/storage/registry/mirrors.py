@@ -113,11 +113,7 @@ class RangeGate:
                         deadline = state.next_probe_at if deadline is None else min(deadline, state.next_probe_at)
                     self._changed.wait(None if deadline is None else max(deadline - now, 0.0))
                 state.probing = True
-            outcome = Probe.FAILED
-            try:
-                outcome = probe()
-            finally:
-                self._probed(digest, state, outcome)
+            outcome = self._run_probe(digest, state, probe)
             if outcome is not Probe.COLD or not patient:
                 return outcome
 
@@ -135,6 +131,10 @@ class RangeGate:
             if state.ready or state.probing or state.last is not None:
                 return None
             state.probing = True
+        return self._run_probe(digest, state, probe)
+
+    def _run_probe(self, digest: str, state: _BlobState, probe: Callable[[], Probe]) -> Probe:
+        """Send the probe this thread claimed (`state.probing`), and record what it found."""
         outcome = Probe.FAILED
         try:
             outcome = probe()
