@@ -173,9 +173,18 @@ def decompress_one(compressor: int, stored: bytes | memoryview, compressed: bool
         if content_size != uncompressed_size:
             raise BadFrame(f"zstd frame records content size {content_size}, expected {uncompressed_size}")
         try:
-            data = zstandard.ZstdDecompressor().decompress(
-                stored, max_output_size=uncompressed_size, allow_extra_data=False
-            )
+            if uncompressed_size == 0:
+                # python-zstandard answers b"" for any frame recording content size 0 without
+                # reading the rest: a truncated frame, or bytes after it, would pass (libzstd's
+                # ZSTD_findFrameCompressedSize, as the C twin uses, rejects both).
+                stream = zstandard.ZstdDecompressor().decompressobj()
+                data = stream.decompress(stored)
+                if not stream.eof or stream.unused_data:
+                    raise BadFrame("corrupt zstd frame (truncated, or bytes after it)")
+            else:
+                data = zstandard.ZstdDecompressor().decompress(
+                    stored, max_output_size=uncompressed_size, allow_extra_data=False
+                )
         except zstandard.ZstdError:
             raise BadFrame("corrupt zstd frame") from None
     elif compressor == COMPRESSOR_LZ4_BLOCK:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import lz4.block
 import pytest
 import zstandard
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from native import pure
@@ -269,7 +269,14 @@ def run_batch(
     return outcome(call)
 
 
+# Found by hypothesis: a zstd frame header recording content size 0 with no block after it
+# (truncated); python-zstandard's decompress() returned b"" for it, libzstd rejects it.
+TRUNCATED_EMPTY_FRAME = b"(\xb5/\xfd \x00"
+
+
 @needs_c
+@example(batch=(1, TRUNCATED_EMPTY_FRAME, [(0, 6, True, 0)], 0))
+@example(batch=(1, TRUNCATED_EMPTY_FRAME + b"\x01\x00\x00x", [(0, 10, True, 0)], 0))
 @given(batch=batches())
 def test_decompress_batch_twin(batch: tuple[int, bytes, list[tuple[int, int, bool, int]], int]) -> None:
     expected = run_batch(pure.decompress_batch, *batch)
