@@ -38,6 +38,8 @@ from rafs.mapped import open_bootstrap
 
 log = logging.getLogger(__name__)
 
+MIRROR_WARMING_THREADS = 8  # blobs asked about at once at mount (each question is a few round trips)
+
 SECRET_KEYS = ("auth", "registry_token", "password")
 
 
@@ -116,8 +118,9 @@ class ImageMount:
                     if self.health_checks:
                         await nursery.start(run_health_checks, self.health_checks)
                     if self.mirror_warming is not None:
+                        limiter = trio.CapacityLimiter(MIRROR_WARMING_THREADS)
                         for blob in self.bootstrap.blobs:
-                            nursery.start_soon(self._warm_mirrors, self.mirror_warming, blob.blob_id)
+                            nursery.start_soon(self._warm_mirrors, self.mirror_warming, blob.blob_id, limiter)
                     prefetch = self.config.fs_prefetch
                     if prefetch.enable or self.options.prefetch_files is not None:
                         self.prefetcher = Prefetcher(
@@ -129,10 +132,11 @@ class ImageMount:
             except Exception:  # one image's failure must not take the daemon's other images down
                 log.exception("%s: background work of %s stopped", self.id, self.source)
 
-    async def _warm_mirrors(self, backend: MirrorWarming, blob_id: str) -> None:
-        """Each blob's question in a thread of its own, so that a mirror caches them side by side."""
+    async def _warm_mirrors(self, backend: MirrorWarming, blob_id: str, limiter: trio.CapacityLimiter) -> None:
+        """Each blob's question in a thread of its own (a few at once, of the image's many
+        layers), so that a mirror caches them side by side."""
         try:
-            await trio.to_thread.run_sync(backend.warm_mirrors, blob_id, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(backend.warm_mirrors, blob_id, abandon_on_cancel=True, limiter=limiter)
         except Exception:  # only a hint: the reads ask again
             log.exception("%s: asking the mirrors to cache blob %s failed", self.id, blob_id)
 
