@@ -162,7 +162,9 @@ def test_a_small_answer_overtakes_a_bulk_transfer(server: str, tmp_path: Path) -
     """Connections share the link in turns, as TCP flows do: a small range asked for during a
     bulk transfer waits for a piece of it, not for everything it has queued. Counted in the bulk
     transfer's bytes that arrive meanwhile, not timed."""
-    slow = Shaper(server, rtt_ms=2, rate_mbit=40, series_path=tmp_path / "slow.jsonl")
+    # A slow link, so that the client's own time around the small request (longer on a loaded
+    # machine) lets few bulk bytes through: 100 ms is 125 KiB at 10 Mbit/s.
+    slow = Shaper(server, rtt_ms=2, rate_mbit=10, series_path=tmp_path / "slow.jsonl")
     received = [0]
     stop = threading.Event()
 
