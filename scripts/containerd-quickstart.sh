@@ -12,6 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 work="$(realpath -m "${WORK_DIR:-$(mktemp -d /tmp/nydus-containerd.XXXXXX)}")"
 mkdir -p "$work"
 pids=()
+source scripts/loopback-registry.sh
 cleanup() {
   set +e
   if [ -S "$work/containerd/containerd.sock" ]; then
@@ -24,7 +25,6 @@ cleanup() {
   grep -o " $work/[^ ]*" /proc/self/mounts | sort -r | while read -r point; do umount -l "$point"; done
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_for_socket() {
   for _ in $(seq 300); do [ -S "$1" ] && return 0; sleep 0.1; done
   echo "$1 did not appear; see $2" >&2; exit 1
@@ -32,16 +32,9 @@ wait_for_socket() {
 
 echo "== 1. the example image, converted into a registry on loopback"
 python3 examples/make_example.py "$work/example" >/dev/null
-port=$(free_port)
-cat > "$work/registry.yml" <<YAML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YAML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-pids+=($!)
-until python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/v2/', timeout=1)" 2>/dev/null; do sleep 0.1; done
+start_loopback_registry "$work/registry"
+pids+=("$registry_pid")
+port=$registry_port
 image="127.0.0.1:$port/example:nydus"
 nydusify convert --source "oci:$work/example/oci:latest" --target "$image" --work-dir "$work/convert"
 

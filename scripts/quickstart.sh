@@ -12,6 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 work="${WORK_DIR:-$(mktemp -d /tmp/nydus-quickstart.XXXXXX)}"
 mkdir -p "$work"
 registry_pid=""
+source scripts/loopback-registry.sh
 cleanup() { if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
@@ -25,26 +26,8 @@ nydus-image check --bootstrap "$work/image.boot" --blob-dir "$work/blobs"
 nydus-image stat --bootstrap "$work/image.boot"
 
 echo "== 3. a registry on loopback (Debian's docker-registry)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat > "$work/registry.yml" <<YAML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YAML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-python3 - "$port" <<'PY'
-import sys, time, urllib.request
-for _ in range(100):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("the registry did not start: see registry.log")
-PY
+start_loopback_registry "$work/registry"
+port=$registry_port
 
 echo "== 4. nydusify convert: OCI layout -> lazy-loading image in the registry"
 nydusify convert --source "oci:$work/example/oci:latest" --target "127.0.0.1:$port/example:nydus"
