@@ -43,10 +43,11 @@ echo "== 6. what the container fetched from the registry"
 nydusctl cache --work-dir "$work/cache"
 python3 - "$work/cache" "$work/blobs" <<'PY'
 import os, sys
+from daemon.storage.cache import DATA_SUFFIX  # the chunk cache's data files, named by the cache itself
 cache, blobs = sys.argv[1], sys.argv[2]
 image = sum(os.path.getsize(os.path.join(blobs, name)) for name in os.listdir(blobs))
 fetched = sum(os.stat(os.path.join(cache, name)).st_blocks * 512
-              for name in os.listdir(cache) if name.endswith(".blob.data"))
+              for name in os.listdir(cache) if name.endswith(DATA_SUFFIX))
 print(f"image blobs: {image / 2**20:.1f} MiB; fetched and cached to run the container: "
       f"{fetched / 2**20:.2f} MiB ({100 * fetched / image:.1f}% of the image)")
 PY

@@ -36,7 +36,9 @@ def test_quickstart_runs_the_example_lazily(tmp_path: Path) -> None:
     assert 'NAME="nydus-py example"' in completed.stdout
     share = re.search(r"\(([0-9.]+)% of the image\)", completed.stdout)
     assert share is not None, completed.stdout[-2000:]
-    assert float(share.group(1)) < 10.0  # the 48 MiB the workload never reads stayed in the registry
+    # something was fetched (the script counts the cache's own data files), and the 48 MiB the
+    # workload never reads stayed in the registry
+    assert 0.0 < float(share.group(1)) < 10.0
     with open("/proc/mounts") as mounts:
         left_mounted = [line for line in mounts if str(tmp_path) in line]
     assert left_mounted == []  # the daemon, the overlay and the container are all gone
