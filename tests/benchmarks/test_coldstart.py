@@ -360,3 +360,16 @@ def test_quick_run_measures_honest_bytes(tmp_path: Path) -> None:
     for address in addresses.groups():
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=2).close()
+
+
+def test_missing_tools_are_named_in_one_line(tmp_path: Path) -> None:
+    """Run from a shell without the venv on PATH: one line naming what is missing, exit 2."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.coldstart", "--quick", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coldstart: not on PATH: nydusd, nydusify"), lines
+    assert list(tmp_path.iterdir()) == []  # nothing written
