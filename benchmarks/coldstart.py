@@ -72,6 +72,7 @@ from benchmarks.report import (
 )
 from rafs import oci
 from rafs.oci import ImageReference
+from rafs.pathlist import read_prefetch_entries
 
 MODES = ("oci", "local-disk", "lazy-cold", "lazy-prefetch", "lazy-warm")
 LAZY_MODES = ("lazy-cold", "lazy-prefetch", "lazy-warm")
@@ -277,7 +278,7 @@ def prepare_hosts(net: Network, image: Prepared, modes: list[str], work: Path) -
         start(Phases())
         if not trace.exists():
             raise RuntimeError(f"nydusd --trace-out wrote no {trace}")
-        image.record["trace_files"] = len([line for line in trace.read_text().splitlines() if line.strip()])
+        image.record["trace_files"] = len({entry.path for entry in read_prefetch_entries(str(trace))})
         shutil.rmtree(work / "trace-run", ignore_errors=True)
         shutil.rmtree(work / "trace-cache", ignore_errors=True)
         convert(net, image.repository, PREFETCH_TAG, work / "convert", prefetch_files=trace)

@@ -34,6 +34,7 @@ from rafs.errors import BuildError
 from rafs.mapped import open_bootstrap
 from rafs.oci import Platform, host_platforms
 from rafs.outputs import atomic_file
+from rafs.pathlist import PrefetchEntry
 from rafs.records import ChunkRecord
 from rafs.tree import FsNode, walk
 from rafs.writer import write_bootstrap
@@ -48,7 +49,7 @@ class BuildOptions:
     chunk_size: int = layout.DEFAULT_CHUNK_SIZE
     compressor: int = layout.COMPRESSOR_ZSTD
     digester: int = layout.DIGESTER_BLAKE3
-    prefetch_files: tuple[bytes, ...] = ()
+    prefetch_files: tuple[PrefetchEntry, ...] = ()  # `--prefetch-files`: whole files or byte ranges
     chunk_dict: str | None = None
     parent_bootstrap: str | None = None
     keep_whiteouts: bool = False
@@ -162,6 +163,39 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
+class PrefetchRanks:
+    """Where the prefetch list puts each file and each chunk: the number of the first line that
+    names it. Lists name image paths, usually absolute ("/usr/bin/sh") as in Nydus. A list with
+    byte ranges (a trace) also orders chunks: the image then gets a prefetch chunk table, and
+    only the listed chunks of a file go to the head of its blob."""
+
+    def __init__(self, entries: Sequence[PrefetchEntry], chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.file_rank: dict[bytes, int] = {}  # first line naming any of the file
+        self._whole: dict[bytes, int] = {}  # first line naming all of it
+        self._ranges: dict[bytes, list[tuple[int, PrefetchEntry]]] = {}
+        self.by_chunks = any(entry.end is not None for entry in entries)
+        for rank, entry in enumerate(entries):
+            path = normalize_path(entry.path.lstrip(b"/"), "--prefetch-files")
+            self.file_rank.setdefault(path, rank)
+            if entry.end is None:
+                self._whole.setdefault(path, rank)
+            else:
+                self._ranges.setdefault(path, []).append((rank, entry))
+
+    def chunk_ranks(self, path: bytes, chunk_count: int) -> list[int | None]:
+        """Each chunk's rank in the file at `path` (None: not listed); empty if the file is not."""
+        if path not in self.file_rank:
+            return []
+        ranks: list[int | None] = [self._whole.get(path)] * chunk_count
+        for rank, entry in self._ranges.get(path, ()):
+            for index in entry.chunk_indexes(self.chunk_size, chunk_count):
+                current = ranks[index]
+                if current is None or rank < current:
+                    ranks[index] = rank
+        return ranks
+
+
 class Builder:
     """One build: owns the chunk store, the overlay and the temporary outputs."""
 
@@ -174,10 +208,7 @@ class Builder:
         self.store = ChunkStore(options.chunk_size, options.digester, options.compressor, self._new_writer)
         self.overlay = Overlay()
         self.result = BuildResult()
-        # Prefetch lists name image paths, usually absolute ("/usr/bin/sh") as in Nydus.
-        self.prefetch_rank: dict[bytes, int] = {}
-        for rank, path in enumerate(options.prefetch_files):
-            self.prefetch_rank.setdefault(normalize_path(path.lstrip(b"/"), "--prefetch-files"), rank)
+        self.prefetch = PrefetchRanks(options.prefetch_files, options.chunk_size)
         self.progress = _Progress(options.progress)
         self._entries_read = 0  # entries of the current layer so far, for the progress line
 
@@ -249,10 +280,11 @@ class Builder:
         return line
 
     def _chunk_file(self, entry: LayerEntry, data: IO[bytes], layer: str) -> list[PendingChunk]:
-        rank = self.prefetch_rank.get(entry.path)
-        pending = []
+        ranks = self.prefetch.chunk_ranks(entry.path, -(-entry.size // self.options.chunk_size))
+        pending: list[PendingChunk] = []
         remaining = entry.size
         while remaining > 0:
+            rank = ranks[len(pending)] if ranks else None
             piece = _read_exact(data, min(self.options.chunk_size, remaining))
             if not piece:
                 raise BuildError(
@@ -273,11 +305,19 @@ class Builder:
             if isinstance(node, BuildNode) and node.is_reg and not node.chunks:
                 node.chunks = _final_records(node.pending, blob_index)
         ranked: dict[int, tuple[int, FsNode]] = {}
+        ranked_chunks: list[tuple[int, int, FsNode]] = []  # (rank, chunk index, file)
         for path, node in walk(root):
-            rank = self.prefetch_rank.get(path[1:])
-            if rank is not None and (id(node) not in ranked or rank < ranked[id(node)][0]):
+            rank = self.prefetch.file_rank.get(path[1:])
+            if rank is None:
+                continue
+            if id(node) not in ranked or rank < ranked[id(node)][0]:
                 ranked[id(node)] = (rank, node)
+            if self.prefetch.by_chunks and node.is_reg:
+                for index, chunk_rank in enumerate(self.prefetch.chunk_ranks(path[1:], len(node.chunks))):
+                    if chunk_rank is not None:
+                        ranked_chunks.append((chunk_rank, index, node))
         prefetch_nodes = [node for _, node in sorted(ranked.values(), key=lambda item: item[0])]
+        ranked_chunks.sort(key=lambda item: (item[0], item[1]))
         self._timed("blobs", started)
         started = time.monotonic()
         features = layout.FEATURE_LAYER if self.options.keep_whiteouts else 0
@@ -288,6 +328,7 @@ class Builder:
             digester=self.options.digester,
             features=features,
             prefetch=prefetch_nodes,
+            prefetch_chunks=[(node, index) for _, index, node in ranked_chunks],
         )
         with atomic_file(bootstrap_path) as output:
             output.write(data)

@@ -15,7 +15,7 @@ from typing import NoReturn
 from rafs import layout
 from rafs.errors import NydusError
 from rafs.oci import Platform
-from rafs.pathlist import read_path_list
+from rafs.pathlist import PrefetchEntry, read_prefetch_entries
 
 
 def chunk_size(text: str) -> int:
@@ -38,9 +38,9 @@ def platform(text: str) -> Platform:
     return Platform(os_name, architecture, variant)
 
 
-def read_prefetch_list(path: str | None) -> tuple[bytes, ...]:
-    """`--prefetch-files`: the paths in FILE, one a line; none without the flag."""
-    return read_path_list(path) if path else ()
+def read_prefetch_list(path: str | None) -> tuple[PrefetchEntry, ...]:
+    """`--prefetch-files`: the entries in FILE (`rafs.pathlist`); none without the flag."""
+    return read_prefetch_entries(path) if path else ()
 
 
 class OneLineParser(argparse.ArgumentParser):

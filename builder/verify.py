@@ -125,7 +125,7 @@ def verify_structure(bootstrap: Bootstrap) -> None:
 
     Parents, reserved fields, the heap's leading NUL, dirent and chunk runs laid out in inode
     order without gaps or overlaps, sorted names, canonical zero chunks, chunk extents inside
-    their blobs, and a prefetch table of distinct regular files. Together with the digests this
+    their blobs, and prefetch tables of distinct regular files and of distinct chunks of them. Together with the digests this
     makes any single altered byte of the inode, dirent and chunk tables, heap or superblock an
     error.
     """
@@ -216,6 +216,12 @@ def verify_structure(bootstrap: Bootstrap) -> None:
         1 <= ino <= sb.inode_count and bootstrap.inode(ino).is_reg for ino in prefetch
     ):
         raise CorruptBootstrap("the prefetch table lists something other than distinct regular files")
+    chunks = bootstrap.prefetch_chunks()
+    if len(set(chunks)) != len(chunks) or not all(
+        1 <= ino <= sb.inode_count and bootstrap.inode(ino).is_reg and index < bootstrap.inode(ino).data_count
+        for ino, index in chunks
+    ):
+        raise CorruptBootstrap("the prefetch chunk table lists something other than distinct chunks of regular files")
 
 
 def check(bootstrap: Bootstrap, blob_dir: str | None) -> CheckReport:

@@ -15,6 +15,7 @@ import trio
 from daemon.apiserver import ApiError, Request, Response
 from daemon.logs import set_log_level
 from rafs.errors import ConfigError
+from rafs.pathlist import whole_files
 
 if TYPE_CHECKING:
     from daemon.serve import Daemon
@@ -125,7 +126,7 @@ class Api:
             not isinstance(prefetch, list) or not all(isinstance(path, str) for path in prefetch)
         ):
             raise ApiError(400, "InvalidBody", "prefetch_files: a list of paths is required")
-        files = tuple(path.encode() for path in prefetch) if prefetch is not None else None
+        files = whole_files(tuple(path.encode() for path in prefetch)) if prefetch is not None else None
         await self.daemon.mount(mountpoint, source, config, files, remount=remount)
         return Response(204)
 

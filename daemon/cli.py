@@ -29,7 +29,7 @@ from daemon.logs import LOG_LEVELS, setup_logging
 from daemon.storage.backend import BlobBackend
 from rafs.errors import ConfigError, NydusError
 from rafs.oci import ImageReference
-from rafs.pathlist import read_path_list
+from rafs.pathlist import read_prefetch_entries
 
 if TYPE_CHECKING:
     from daemon.serve import ServeOptions
@@ -162,7 +162,7 @@ def serve_options(args: argparse.Namespace, bootstrap: str | None, config: Daemo
         args.mountpoint,
         config,
         allow_other=not args.no_allow_other,
-        prefetch_files=read_path_list(args.prefetch_files) if args.prefetch_files is not None else None,
+        prefetch_files=read_prefetch_entries(args.prefetch_files) if args.prefetch_files is not None else None,
         trace_out=args.trace_out,
         timeline_out=args.timeline_out,
         started_at=process_started_at(),

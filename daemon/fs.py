@@ -258,14 +258,15 @@ class RafsOperations(pyfuse3.Operations):
             raise _read_only()
         if not self._inode(inode).is_reg:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if self.trace is not None:
-            self.trace.record(inode, self.path_of(inode))
         self.reader.opened(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.reader.read(fh, off, size)
+        data = await self.reader.read(fh, off, size)
+        if self.trace is not None:
+            self.trace.read(fh, off, len(data), self.path_of)
+        return data
 
     async def release(self, fh: int) -> None:
         """File handles are inode numbers; nothing to free."""

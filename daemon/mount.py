@@ -35,6 +35,7 @@ from daemon.timeline import Timeline
 from daemon.trace import AccessTrace
 from rafs.bootstrap import Bootstrap
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import PrefetchEntry
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class MountOptions:
     """What one image is served with, beyond its config."""
 
     id: str = "/"  # the mountpoint within the FUSE mount; the metrics' `id`
-    prefetch_files: tuple[bytes, ...] | None = None  # overrides the bootstrap's prefetch table
+    prefetch_files: tuple[PrefetchEntry, ...] | None = None  # overrides the bootstrap's prefetch table
     trace_out: str | None = None  # `--trace-out`: first-access order of files
     timeline: Timeline | None = None  # `--timeline-out`: requests and blocked reads
     ino_base: int = 0  # added to inode numbers reported as in flight (shared mode)
@@ -124,7 +125,10 @@ class ImageMount:
                     prefetch = self.config.fs_prefetch
                     if prefetch.enable or self.options.prefetch_files is not None:
                         self.prefetcher = Prefetcher(
-                            self.chunks, files=self.options.prefetch_files, prefetch_all=prefetch.prefetch_all
+                            self.chunks,
+                            files=self.options.prefetch_files,
+                            prefetch_all=prefetch.prefetch_all,
+                            readahead=self.operations.reader.readahead,
                         )
                         nursery.start_soon(self._prefetch, self.prefetcher)
                     task_status.started()
@@ -261,7 +265,7 @@ def open_image(
             adaptive_amplify=config.readahead.adaptive_amplify,
         )
         reader = FileReader(bootstrap, chunks, readahead, options.timeline)
-        trace = AccessTrace(options.trace_out) if options.trace_out else None
+        trace = AccessTrace(options.trace_out, bootstrap.chunk_size) if options.trace_out else None
     except BaseException:
         metered.close()
         raise

@@ -1,7 +1,9 @@
 """`Prefetcher`: fetch the prefetch list in the background after mounting.
 
-What: the files of `--prefetch-files` (or else the bootstrap's prefetch table; a directory means
-its whole subtree), then, with `prefetch_all`, every chunk of every blob. How: the chunks not yet
+What: the entries of `--prefetch-files` (whole files, or the chunks holding a byte range; a
+directory means its whole subtree), or else the bootstrap's prefetch chunk table (the chunks a
+traced start read, in the order it first read them), or else its prefetch table (whole files);
+then, with `prefetch_all`, every chunk of every blob. How: the chunks not yet
 cached are queued at once, in merged runs, at prefetch priority (`daemon.chunks`): the fetch
 workers take them whenever no on-demand read or readahead is waiting, so the link stays busy
 without delaying reads, and `bandwidth_rate` (bytes/s, 0 = unlimited) paces them. A chunk being
@@ -19,8 +21,11 @@ from dataclasses import dataclass
 import trio
 
 from daemon.chunks import ChunkSource, Priority
+from daemon.readahead import Readahead
 from daemon.storage.fetch import ChunkRequest
 from rafs.bootstrap import Bootstrap
+from rafs.errors import NydusError
+from rafs.pathlist import PrefetchEntry
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +58,50 @@ def file_inodes(bootstrap: Bootstrap, paths: Iterable[bytes]) -> list[int]:
     return result
 
 
-def file_requests(chunks: ChunkSource, inodes: Iterable[int]) -> list[ChunkRequest]:
-    """Every stored (non-zero) chunk of these files, in list order."""
+ALL_CHUNKS = -1  # in a listed (inode, chunk index): every chunk of the file
+
+
+def listed_chunks(bootstrap: Bootstrap, entries: Iterable[PrefetchEntry]) -> list[tuple[int, int]]:
+    """(inode, chunk index in the file) that `entries` name, in list order: a range names the
+    chunks holding its bytes, a whole file (or a directory, for each file below it) ALL_CHUNKS."""
+    result: list[tuple[int, int]] = []
+    for entry in entries:
+        if entry.end is None:
+            result.extend((ino, ALL_CHUNKS) for ino in file_inodes(bootstrap, [entry.path]))
+            continue
+        ino = bootstrap.resolve(entry.path)
+        inode = bootstrap.inode(ino) if ino is not None else None
+        if ino is None or inode is None or not inode.is_reg:
+            log.warning("prefetch: %s is not a file of the image", entry.path.decode(errors="replace"))
+            continue
+        result.extend((ino, index) for index in entry.chunk_indexes(bootstrap.chunk_size, inode.data_count))
+    return result
+
+
+def chunk_requests(chunks: ChunkSource, listed: Iterable[tuple[int, int]]) -> list[ChunkRequest]:
+    """The stored (non-zero) chunks listed as (inode, chunk index in the file or ALL_CHUNKS),
+    each once, in list order. An entry naming no chunk of a regular file (a damaged table: the
+    tables are only a hint) is skipped with a warning."""
     bootstrap = chunks.bootstrap
     requests: list[ChunkRequest] = []
-    for ino in inodes:
-        inode = bootstrap.inode(ino)
-        for index in range(inode.data_start, inode.data_start + inode.data_count):
-            record = bootstrap.chunk(index)
-            if not record.is_zero:
-                requests.append(chunks.request(index, record))
+    seen: set[int] = set()
+    skipped = 0
+    for ino, index in listed:
+        try:
+            inode = bootstrap.inode(ino) if 1 <= ino <= bootstrap.inode_count else None
+        except NydusError:
+            inode = None
+        if inode is None or not inode.is_reg or not ALL_CHUNKS <= index < inode.data_count:
+            skipped += 1
+            continue
+        indexes = range(inode.data_count) if index == ALL_CHUNKS else (index,)
+        for chunk_index in (inode.data_start + i for i in indexes):
+            record = bootstrap.chunk(chunk_index)
+            if not record.is_zero and chunk_index not in seen:
+                seen.add(chunk_index)
+                requests.append(chunks.request(chunk_index, record))
+    if skipped:
+        log.warning("prefetch: %d entries name no chunk of a file in the image; skipped", skipped)
     return requests
 
 
@@ -80,17 +119,33 @@ def all_requests(chunks: ChunkSource) -> list[ChunkRequest]:
 class Prefetcher:
     """Background fetching that always yields to on-demand reads and readahead."""
 
-    def __init__(self, chunks: ChunkSource, *, files: Sequence[bytes] | None, prefetch_all: bool) -> None:
+    def __init__(
+        self,
+        chunks: ChunkSource,
+        *,
+        files: Sequence[PrefetchEntry] | None,
+        prefetch_all: bool,
+        readahead: Readahead | None = None,
+    ) -> None:
         self.chunks = chunks
         self.files = files
         self.prefetch_all = prefetch_all
+        self.readahead = readahead
+        self.by_chunk: set[int] = set()  # files of which the plan names chunks, not the whole file
         self.stats = PrefetchStats()
 
     def plan(self) -> list[ChunkRequest]:
         """Chunks to fetch, listed files first; blocking (walks tables), so run in a thread."""
         bootstrap = self.chunks.bootstrap
-        inodes = file_inodes(bootstrap, self.files) if self.files is not None else bootstrap.prefetch_inodes()
-        requests = file_requests(self.chunks, inodes)
+        if self.files is not None:
+            listed = listed_chunks(bootstrap, self.files)
+            self.by_chunk = {ino for ino, index in listed if index != ALL_CHUNKS}
+            requests = chunk_requests(self.chunks, listed)
+        elif table := bootstrap.prefetch_chunks():
+            self.by_chunk = {ino for ino, _ in table}
+            requests = chunk_requests(self.chunks, table)
+        else:
+            requests = chunk_requests(self.chunks, [(ino, ALL_CHUNKS) for ino in bootstrap.prefetch_inodes()])
         if self.prefetch_all:
             planned = {request.key for request in requests}
             requests += [request for request in all_requests(self.chunks) if request.key not in planned]
@@ -99,6 +154,8 @@ class Prefetcher:
     async def run(self) -> None:
         """Fetch every planned chunk, then return; errors are logged and counted, never raised."""
         requests = await trio.to_thread.run_sync(self.plan)
+        if self.readahead is not None and self.by_chunk:
+            self.readahead.leave_to_prefetch(self.by_chunk)
         wanted = [request for request in requests if self.chunks.absent(request)]
         total = sum(request.record.compressed_size for request in wanted)
         if not wanted:

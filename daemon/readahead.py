@@ -4,7 +4,8 @@ Most images are converted without an access trace, so the daemon must guess what
 next. It uses what the workload shows it:
 
 - **Whole files on open** (`whole_file_max`): the first open of a regular file of at most that
-  many bytes queues all its missing chunks, in file order, at readahead priority. A start reads
+  many bytes queues all its missing chunks, in file order, at readahead priority (unless the
+  prefetch chunk table, a trace of a start, names the chunks of it to fetch). A start reads
   most of what it opens (a script, a module, a shared library mapped and faulted in page by page
   in no useful order), and fetching a file's chunks in parallel turns many serial misses into a
   few round trips. It is what a trace-built prefetch list would fetch, found at run time. The
@@ -90,6 +91,7 @@ class Readahead:
         self.amplified_bytes = 0  # stored bytes amplification asked for
         self.amplified_used_bytes = 0  # of those, read since
         self._opened: set[int] = set()  # files whose first open queued them whole
+        self._prefetched_by_chunk: set[int] = set()  # files whose needed chunks a trace named
         self._streams: dict[int, _Stream] = {}  # files being read in order
         self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
         self._ordering: set[int] = set()  # blob indexes whose order was asked for
@@ -97,9 +99,15 @@ class Readahead:
 
     # -- whole files on open ---------------------------------------------------------------------
 
+    def leave_to_prefetch(self, inodes: set[int]) -> None:
+        """These files' chunks that a start reads are being prefetched (a prefetch chunk table,
+        made from a trace of a start): opening one does not fetch it whole, which would bring the
+        parts of a large library the trace shows the start never touches."""
+        self._prefetched_by_chunk |= inodes
+
     def opened(self, ino: int) -> None:
         """A file was opened: on its first open, queue all of it if it is small enough."""
-        if not self.whole_file_max or ino in self._opened:
+        if not self.whole_file_max or ino in self._opened or ino in self._prefetched_by_chunk:
             return
         inode = self.bootstrap.inode(ino)
         if not inode.is_reg or inode.size > self.whole_file_max or inode.size == 0:

@@ -35,6 +35,7 @@ from daemon.shared import SLOT_SHIFT, SharedOperations, check_mount_name
 from daemon.storage.backend import BlobBackend
 from daemon.timeline import Timeline
 from rafs.errors import ConfigError, NydusError
+from rafs.pathlist import PrefetchEntry
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ServeOptions:
     mountpoint: str
     config: DaemonConfig | None  # shared mode: the default for API mounts that bring none
     allow_other: bool = True
-    prefetch_files: tuple[bytes, ...] | None = None  # `--prefetch-files`: overrides the bootstrap's table
+    prefetch_files: tuple[PrefetchEntry, ...] | None = None  # `--prefetch-files`: overrides the bootstrap's table
     trace_out: str | None = None  # `--trace-out`: first-access order of files
     timeline_out: str | None = None  # `--timeline-out`: requests and blocked reads, for benchmarks
     started_at: float = 0.0  # when the process began (time.time()), for the timeline
@@ -189,7 +190,12 @@ class Daemon:
         return parse_config(data)
 
     def _open_for_api(
-        self, mountpoint: str, source: str, config_text: str, prefetch_files: tuple[bytes, ...] | None, slot: int
+        self,
+        mountpoint: str,
+        source: str,
+        config_text: str,
+        prefetch_files: tuple[PrefetchEntry, ...] | None,
+        slot: int,
     ) -> ImageMount:
         """In a worker thread: the image opened, and its backend asked for one blob's size so
         that an unreachable backend fails the mount, not the container's first read."""
@@ -205,7 +211,13 @@ class Daemon:
         return mount
 
     async def mount(
-        self, mountpoint: str, source: str, config_text: str, prefetch_files: tuple[bytes, ...] | None, *, remount: bool
+        self,
+        mountpoint: str,
+        source: str,
+        config_text: str,
+        prefetch_files: tuple[PrefetchEntry, ...] | None,
+        *,
+        remount: bool,
     ) -> None:
         shared = self._shared()
         try:

@@ -1,34 +1,61 @@
-"""`AccessTrace`: the paths of regular files in the order they were first opened.
+"""`AccessTrace`: the chunks of regular files in the order a workload first read them.
 
-Written one path a line, flushed as it goes, so the file is usable even after a crash; it is
-exactly what `nydus-image create --prefetch-files` reads to put those files first in a blob.
-A path that cannot be resolved (the kernel opened an inode whose name the daemon never saw)
-is skipped. Stdlib only; called from the event loop, and each line is one small write.
+Each FUSE read that reaches a chunk not read before appends a line `PATH<TAB>START-END`: the
+byte range of those new chunks (a run of them, `chunk_size` each; `rafs.pathlist` owns the
+format). So the trace says both which files a start needs and which parts of them, in the order
+it needed them: a large library of which the start touches a few pages is listed as those
+pages, interleaved with the other files it reads meanwhile. `nydus-image create
+--prefetch-files` reads it to put those chunks first in a blob and to write a prefetch chunk
+table; the same file given to `nydusd --prefetch-files` prefetches those chunks. Lines are
+flushed as they are written, so the file is usable even after a crash. A file that is opened
+but never read, or whose path the daemon never saw, is not listed. Stdlib only; called from
+the event loop, and each line is one small write.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import IO
+
+from rafs.pathlist import entry_line
 
 log = logging.getLogger(__name__)
 
 
 class AccessTrace:
-    """Appends each file's path to `path` the first time the file is opened."""
+    """Appends each newly read run of chunks of a file to `path`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, chunk_size: int) -> None:
         self.path = path
-        self._seen: set[int] = set()
+        self.chunk_size = chunk_size
+        self._read: dict[int, set[int]] = {}  # inode -> indexes of its chunks read so far
         self._file: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 (open as long as the mount)
 
-    def record(self, ino: int, path: bytes | None) -> None:
-        """Note an access to inode `ino`, found under `path` (absolute, or None if unknown)."""
-        if ino in self._seen or path is None or self._file is None:
+    def read(self, ino: int, offset: int, size: int, path_of: Callable[[int], bytes | None]) -> None:
+        """Note a read of bytes [offset, offset+size) of inode `ino`; `path_of` names the file."""
+        if self._file is None or size <= 0:
             return
-        self._seen.add(ino)
+        seen = self._read.setdefault(ino, set())
+        first, last = offset // self.chunk_size, (offset + size - 1) // self.chunk_size
+        new = [index for index in range(first, last + 1) if index not in seen]
+        if not new:
+            return
+        path = path_of(ino)
+        if path is None:
+            return
+        seen.update(new)
+        lines = []
+        run_start = previous = new[0]
+        for index in [*new[1:], None]:
+            if index is not None and index == previous + 1:
+                previous = index
+                continue
+            lines.append(entry_line(path, run_start * self.chunk_size, (previous + 1) * self.chunk_size))
+            if index is not None:
+                run_start = previous = index
         try:
-            self._file.write(path + b"\n")
+            self._file.write(b"".join(lines))
             self._file.flush()
         except OSError as error:
             log.error("access trace %s: %s; tracing stopped", self.path, error.strerror)

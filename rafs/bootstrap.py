@@ -48,6 +48,8 @@ class Superblock:
     heap_offset: int
     heap_size: int
     root_digest: bytes
+    prefetch_chunk_count: int
+    prefetch_chunk_table_offset: int
 
 
 def parse_superblock(buffer: BootstrapBuffer) -> Superblock:
@@ -74,14 +76,17 @@ def parse_superblock(buffer: BootstrapBuffer) -> Superblock:
         raise CorruptBootstrap(f"unknown digester {sb.digester}")
     if sb.inode_count < 1:
         raise CorruptBootstrap("no root inode")
-    tables = (
+    tables = [
         ("inode", sb.inode_table_offset, sb.inode_count * layout.INODE.size),
         ("dirent", sb.dirent_table_offset, sb.dirent_count * layout.DIRENT.size),
         ("chunk", sb.chunk_table_offset, sb.chunk_count * layout.CHUNK.size),
         ("blob", sb.blob_table_offset, sb.blob_count * layout.BLOB.size),
         ("prefetch", sb.prefetch_table_offset, sb.prefetch_count * layout.PREFETCH.size),
         ("heap", sb.heap_offset, sb.heap_size),
-    )
+    ]
+    if sb.prefetch_chunk_count:  # optional: 0 and 0 in a bootstrap written without it
+        chunk_table_size = sb.prefetch_chunk_count * layout.PREFETCH_CHUNK.size
+        tables.append(("prefetch chunk", sb.prefetch_chunk_table_offset, chunk_table_size))
     for name, offset, size in tables:
         if offset < layout.SUPERBLOCK_SIZE or offset + size > len(buffer):
             raise CorruptBootstrap(f"{name} table [{offset}, +{size}) lies outside the {len(buffer)}-byte file")
@@ -349,4 +354,13 @@ class Bootstrap:
         return [
             layout.PREFETCH.unpack_from(self.buffer, sb.prefetch_table_offset + i * layout.PREFETCH.size)[0]
             for i in range(sb.prefetch_count)
+        ]
+
+    def prefetch_chunks(self) -> list[tuple[int, int]]:
+        """(inode number, chunk index within the file) in fetch order; empty if the image has none."""
+        sb = self.superblock
+        entry = layout.PREFETCH_CHUNK
+        return [
+            entry.unpack_from(self.buffer, sb.prefetch_chunk_table_offset + i * entry.size)
+            for i in range(sb.prefetch_chunk_count)
         ]

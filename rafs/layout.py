@@ -13,7 +13,7 @@ MAGIC = b"PYRAFS\x00\x01"
 VERSION = 1
 
 # Superblock, 256 bytes at offset 0 (see docs/format.md, "Superblock").
-SUPERBLOCK = struct.Struct("<8sIIQIB3xQQQQQQQQQQQQ32s92xI")
+SUPERBLOCK = struct.Struct("<8sIIQIB3xQQQQQQQQQQQQ32sQQ76xI")
 SUPERBLOCK_SIZE = 256
 assert SUPERBLOCK.size == SUPERBLOCK_SIZE
 
@@ -58,6 +58,10 @@ COMPRESSOR_NAMES = {COMPRESSOR_NONE: "none", COMPRESSOR_ZSTD: "zstd", COMPRESSOR
 
 # Prefetch table entry: an inode number, in the order the files should be fetched.
 PREFETCH = struct.Struct("<Q")
+
+# Prefetch chunk table entry: an inode number and the index of one of its chunks (0 = the file's
+# first), in the order the chunks should be fetched. Optional (count 0 in older bootstraps).
+PREFETCH_CHUNK = struct.Struct("<II")
 
 # Xattr encoding inside the heap: count, then (name_len, value_len, name, value) sorted by name.
 XATTR_COUNT = struct.Struct("<I")

@@ -122,8 +122,10 @@ def write_bootstrap(
     digester: int = layout.DIGESTER_BLAKE3,
     features: int = 0,
     prefetch: Sequence[FsNode] = (),
+    prefetch_chunks: Sequence[tuple[FsNode, int]] = (),
 ) -> bytes:
-    """The complete bootstrap for `root`; `prefetch` lists files in the order to fetch them."""
+    """The complete bootstrap for `root`; `prefetch` lists files in the order to fetch them,
+    `prefetch_chunks` (file, chunk index in it) the chunks, where the list named parts of files."""
     if not root.is_dir:
         raise ValueError("the root must be a directory")
     order = number_inodes(root)
@@ -181,6 +183,13 @@ def write_bootstrap(
     for node in prefetch:
         if id(node) in ino_of and stat.S_ISREG(node.mode) and ino_of[id(node)] not in prefetch_inos:
             prefetch_inos.append(ino_of[id(node)])
+    chunk_entries: list[tuple[int, int]] = []
+    listed_chunks: set[tuple[int, int]] = set()
+    for node, index in prefetch_chunks:
+        entry = (ino_of.get(id(node), 0), index)
+        if entry[0] and node.is_reg and 0 <= index < len(node.chunks) and entry not in listed_chunks:
+            listed_chunks.add(entry)
+            chunk_entries.append(entry)
 
     sections = [
         b"".join(inode_parts),
@@ -188,6 +197,7 @@ def write_bootstrap(
         b"".join(chunk_parts),
         b"".join(blob.pack() for blob in blobs),
         b"".join(layout.PREFETCH.pack(ino) for ino in prefetch_inos),
+        b"".join(layout.PREFETCH_CHUNK.pack(ino, index) for ino, index in chunk_entries),
         b"".join(heap.parts),
     ]
     offsets = []
@@ -212,9 +222,11 @@ def write_bootstrap(
         offsets[3],
         len(prefetch_inos),
         offsets[4],
-        offsets[5],
+        offsets[6],
         heap.size,
         digests[id(root)],
+        len(chunk_entries),
+        offsets[5],
     )
     without_crc = layout.SUPERBLOCK.pack(*fields, 0)[:-4]
     superblock = layout.SUPERBLOCK.pack(*fields, zlib.crc32(without_crc))

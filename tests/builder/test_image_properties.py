@@ -9,11 +9,13 @@ import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from builder.build import BuildOptions
 from builder.verify import check
 from rafs import layout
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import PrefetchEntry
 from tests.builder.common import build_layers, write_layers
 from tests.conftest import run_console
 from tests.reference import Entry
@@ -136,3 +138,59 @@ def test_chunk_dict_dedups_against_another_image(tmp_path: Path) -> None:
     for name in os.listdir(base_blobs):
         os.link(os.path.join(base_blobs, name), os.path.join(app_blobs, name))
     check(app, app_blobs)
+
+
+PREFETCH_FILES = {name: _random(seed, seed * CHUNK + 7) for seed, name in enumerate("abcd", 1)}  # 2-5 chunks
+prefetch_lines = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(PREFETCH_FILES)),
+        st.one_of(st.none(), st.tuples(st.integers(0, 5 * CHUNK), st.integers(1, 2 * CHUNK))),
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=15)
+@given(lines=prefetch_lines)
+def test_prefetch_ranges_order_the_chunk_table_and_the_blob_head(
+    lines: list[tuple[str, tuple[int, int] | None]],
+) -> None:
+    entries = tuple(
+        PrefetchEntry(f"/dir/{name}".encode())
+        if span is None
+        else PrefetchEntry(f"/dir/{name}".encode(), span[0], span[0] + span[1])
+        for name, span in lines
+    )
+    # The model: each chunk named at its first line, a whole file naming all of its chunks.
+    chunk_counts = {name: -(-len(data) // CHUNK) for name, data in PREFETCH_FILES.items()}
+    expected: list[tuple[str, int]] = []
+    for (name, _), entry in zip(lines, entries, strict=True):
+        for index in entry.chunk_indexes(CHUNK, chunk_counts[name]):
+            if (name, index) not in expected:
+                expected.append((name, index))
+    with tempfile.TemporaryDirectory() as directory:
+        layers = [
+            [Entry("dir", "dir"), *(Entry(f"dir/{name}", "file", data=data) for name, data in PREFETCH_FILES.items())]
+        ]
+        paths = write_layers(directory, layers)
+        options = BuildOptions(chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE, prefetch_files=entries)
+        bootstrap_path, blob_dir, _ = build_layers(directory, paths, options)
+        bootstrap = open_bootstrap(bootstrap_path)
+        ino = {name: bootstrap.resolve(f"/dir/{name}".encode()) or 0 for name in PREFETCH_FILES}
+        by_ranges = any(entry.end is not None for entry in entries)
+        assert bootstrap.prefetch_chunks() == ([(ino[name], index) for name, index in expected] if by_ranges else [])
+        first_of: dict[str, int] = {}
+        for position, (name, _) in enumerate(lines):
+            first_of.setdefault(name, position)
+        assert bootstrap.prefetch_inodes() == [ino[name] for name in sorted(first_of, key=first_of.__getitem__)]
+        # Listed chunks head the blob in list order, every other chunk after them.
+        offset = {
+            (name, k): chunk.compressed_offset
+            for name in PREFETCH_FILES
+            for k, chunk in enumerate(bootstrap.chunks(ino[name]))
+        }
+        listed = [offset[key] for key in expected]
+        assert listed == sorted(listed)
+        unlisted = [where for key, where in offset.items() if key not in expected]
+        assert all(where > max(listed, default=-1) for where in unlisted)
+        check(bootstrap, blob_dir)

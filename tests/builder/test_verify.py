@@ -15,6 +15,7 @@ from builder.verify import check
 from rafs.bootstrap import Bootstrap
 from rafs.errors import NydusError
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import whole_files
 from tests.builder.common import build_layers, write_layers
 from tests.conftest import run_console
 from tests.reference import Entry
@@ -52,7 +53,7 @@ def sample_layers() -> list[list[Entry]]:
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]:
     directory = str(tmp_path_factory.mktemp("image"))
     paths = write_layers(directory, sample_layers())
-    options = BuildOptions(chunk_size=0x1000, prefetch_files=(b"etc/motd",))
+    options = BuildOptions(chunk_size=0x1000, prefetch_files=whole_files((b"etc/motd",)))
     bootstrap, blob_dir, _ = build_layers(directory, paths, options)
     check(open_bootstrap(bootstrap), blob_dir)
     return Path(bootstrap).read_bytes(), blob_dir

@@ -17,6 +17,7 @@ from builder.build import BuildOptions, build
 from daemon.storage.cache import blob_usage
 from rafs import layout
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import whole_files
 from tests.daemon.nydusd import NYDUSD, Daemon, mounted, requires_fuse, write_config
 
 pytestmark = requires_fuse
@@ -32,7 +33,7 @@ def image(tmp_path: Path) -> tuple[str, str]:
     for name in ("first", "second", "unlisted", "other"):
         (source / "app" / name).write_bytes(rng.randbytes(5 * CHUNK + 100))
     bootstrap, blob_dir = str(tmp_path / "image.boot"), str(tmp_path / "blobs")
-    options = BuildOptions(chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE, prefetch_files=LISTED)
+    options = BuildOptions(chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE, prefetch_files=whole_files(LISTED))
     build("directory", [str(source)], bootstrap, blob_dir, options)
     return bootstrap, blob_dir
 
