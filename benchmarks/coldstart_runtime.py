@@ -29,6 +29,9 @@ from typing import IO
 
 import requests
 
+import daemon
+import native
+import rafs
 from benchmarks.coldstart_images import ENV_PATH
 from benchmarks.coldstart_services import stop_group
 from daemon.storage.registry import RegistryClient, RegistryOptions
@@ -85,7 +88,11 @@ def load_tools() -> None:
     is the image (and, for a warm one, the chunk cache on disk). The OCI puller runs inside this
     harness's own process, loaded already, so without this the lazy modes alone would pay for
     reading a Python interpreter and some 300 module files from disk (about 0.14 s measured here).
+    The project's bytecode is written first, as an install writes it (`scripts/install.sh`), so
+    that nydusd does not compile its modules at each start when PYTHONDONTWRITEBYTECODE is set.
     """
+    packages = [os.path.dirname(package.__file__ or ".") for package in (daemon, native, rafs)]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-c", f"import {DAEMON_MODULES}"], check=True)
     for tool in ("runc", "tar"):
         subprocess.run([tool, "--version"], check=True, stdout=subprocess.DEVNULL)

@@ -98,12 +98,17 @@ def default_work_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-py")
 
 
-def fetch_image(args: argparse.Namespace) -> tuple[str, DaemonConfig, BlobBackend]:
-    """For `--image`: the bootstrap fetched (or reused) from the registry, the config, the backend."""
+def fetch_image(
+    args: argparse.Namespace, imported: threading.Event | None = None
+) -> tuple[str, DaemonConfig, BlobBackend]:
+    """For `--image`: the bootstrap fetched (or reused) from the registry, the config, the backend.
+    `imported` is set once the registry client's modules are loaded, before any request."""
     from daemon.storage.backends import open_registry_backend
     from daemon.storage.image import fetch_bootstrap  # imports `requests`: only when an image is fetched
     from daemon.storage.options import RegistryConfig
 
+    if imported is not None:
+        imported.set()
     ref = ImageReference.parse(args.image)
     data = read_config_file(args.config) if args.config else None
     config = image_config(data, ref, plain_http=args.plain_http, work_dir=default_work_dir())
@@ -120,20 +125,26 @@ def fetch_image(args: argparse.Namespace) -> tuple[str, DaemonConfig, BlobBacken
 class ImageFetch(threading.Thread):
     """`fetch_image` in a thread, so the registry round trips overlap the import of the FUSE side.
 
+    The main thread waits for `imported` before it imports the FUSE side: imports hold the GIL,
+    so two at once each go at half speed, and the fetch (the longer path to the mount: its
+    imports, then manifest, bootstrap and its extraction) would start its requests later.
     Joined before the event loop starts: it is the daemon's only thread outside trio's.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(name="image-fetch", daemon=True)
         self.args = args
+        self.imported = threading.Event()
         self.result: tuple[str, DaemonConfig, BlobBackend] | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = fetch_image(self.args)
+            self.result = fetch_image(self.args, self.imported)
         except BaseException as error:  # handed to the main thread by `wait`
             self.error = error
+        finally:
+            self.imported.set()
 
     def wait(self) -> tuple[str, DaemonConfig, BlobBackend]:
         self.join()
@@ -223,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch = ImageFetch(args) if args.image else None
         if fetch is not None:
             fetch.start()
+            fetch.imported.wait()
         import trio  # the FUSE side (trio, pyfuse3): imported while an image is being fetched
 
         from daemon.serve import serve
