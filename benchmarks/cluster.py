@@ -260,17 +260,37 @@ def chart(runs: list[dict[str, object]], path: str) -> None:
     plt.close(figure)
 
 
+def host_counts(text: str) -> list[int]:
+    """`--hosts 1,2,4,8`: distinct positive counts (each names its run's work directory)."""
+    try:
+        counts = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of host counts") from None
+    if any(count < 1 for count in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: each host count must be positive and given once")
+    return counts
+
+
+def mode_list(text: str) -> list[str]:
+    """`--modes direct,proxy`: known modes, each once."""
+    modes = text.split(",")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"{text!r}: modes are {', '.join(MODES)}, each given once")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="N hosts starting one image at once.")
     parser.add_argument("--image", default="debian-python", choices=sorted(IMAGES))
-    parser.add_argument("--hosts", default="1,2,4,8")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--hosts", type=host_counts, default=[1, 2, 4, 8])
+    parser.add_argument("--modes", type=mode_list, default=list(MODES))
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--output-dir", default=RESULTS_DIR)
     arguments = parser.parse_args(argv)
-    hosts_list = [int(value) for value in arguments.hosts.split(",")]
-    modes = arguments.modes.split(",")
+    hosts_list: list[int] = arguments.hosts
+    modes: list[str] = arguments.modes
     os.environ["PATH"] = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # nydusd, nydusify
     built = build_image(IMAGES[arguments.image])
     runs: list[dict[str, object]] = []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.cluster import MiB, chart, table
+import pytest
+
+from benchmarks.cluster import MiB, chart, main, table
 
 
 def run(mode: str, hosts: int, origin_mib: float) -> dict[str, object]:
@@ -24,3 +26,14 @@ def test_table_says_how_origin_bytes_grow_with_hosts(tmp_path: Path) -> None:
     assert "| - |" in lines[7], "no ratio of nothing"
     chart(runs, str(tmp_path / "cluster.png"))
     assert (tmp_path / "cluster.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--hosts", "1,1"], ["--hosts", "2,x"], ["--hosts", "0"], ["--modes", "direct,nope"]]
+)
+def test_bad_host_counts_and_modes_are_one_usage_line(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(flags)
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
+    assert f"error: argument {flags[0]}: " in last and repr(flags[1]) in last
