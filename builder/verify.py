@@ -125,9 +125,9 @@ def verify_structure(bootstrap: Bootstrap) -> None:
 
     Parents, reserved fields, the heap's leading NUL, dirent and chunk runs laid out in inode
     order without gaps or overlaps, sorted names, canonical zero chunks, chunk extents inside
-    their blobs, and prefetch tables of distinct regular files and of distinct chunks of them. Together with the digests this
-    makes any single altered byte of the inode, dirent and chunk tables, heap or superblock an
-    error.
+    their blobs, and prefetch tables of distinct regular files and of distinct chunks of them.
+    Together with the digests this makes any single altered byte of the inode, dirent and chunk
+    tables, heap or superblock an error.
     """
     sb = bootstrap.superblock
     if sb.heap_size < 1 or bootstrap.buffer[sb.heap_offset] != 0:

@@ -65,7 +65,10 @@ def listed_chunks(bootstrap: Bootstrap, entries: Iterable[PrefetchEntry]) -> lis
     """(inode, chunk index in the file) that `entries` name, in list order: a range names the
     chunks holding its bytes, a whole file (or a directory, for each file below it) ALL_CHUNKS."""
     result: list[tuple[int, int]] = []
+    missing: set[bytes] = set()  # warned about once each (a trace names a file on many lines)
     for entry in entries:
+        if entry.path in missing:
+            continue
         if entry.end is None:
             result.extend((ino, ALL_CHUNKS) for ino in file_inodes(bootstrap, [entry.path]))
             continue
@@ -73,6 +76,7 @@ def listed_chunks(bootstrap: Bootstrap, entries: Iterable[PrefetchEntry]) -> lis
         inode = bootstrap.inode(ino) if ino is not None else None
         if ino is None or inode is None or not inode.is_reg:
             log.warning("prefetch: %s is not a file of the image", entry.path.decode(errors="replace"))
+            missing.add(entry.path)
             continue
         result.extend((ino, index) for index in entry.chunk_indexes(bootstrap.chunk_size, inode.data_count))
     return result
