@@ -94,6 +94,28 @@ def test_convert_pushes_a_checkable_nydus_image(
     assert checked.stdout.startswith("OK:")
 
 
+def test_convert_with_a_trace_writes_the_prefetch_chunk_table(
+    registry: RunningRegistry, client: RegistryClient, tmp_path: Path
+) -> None:
+    source = ImageReference.parse(f"{registry.host}/library/traced:1.0")
+    push_image(client, source, sample_image())
+    target = ImageReference.parse(f"{registry.host}/library/traced:1.0-nydus")
+    trace = tmp_path / "trace.txt"  # what `nydusd --trace-out` writes: chunks in first-read order
+    chunk = int(CHUNK_SIZE, 0)
+    trace.write_text(f"/bin/tool\t{2 * chunk}-{3 * chunk}\n/lib/libc.so.6\t0-{chunk}\n/bin/tool\t0-{chunk}\n")
+    converted = run_nydusify(
+        "convert", "--source", str(source), "--target", str(target), "--chunk-size", CHUNK_SIZE,
+        "--prefetch-files", str(trace), "--work-dir", str(tmp_path / "work"),
+    )  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    bootstrap = open_bootstrap(nydusify.pull_converted(client, target, str(tmp_path / "pulled")))
+    tool, libc = bootstrap.resolve(b"/bin/tool"), bootstrap.resolve(b"/lib/libc.so.6")
+    assert bootstrap.prefetch_inodes() == [tool, libc]
+    assert bootstrap.prefetch_chunks() == [(tool, 2), (libc, 0), (tool, 0)]
+    checked = run_nydusify("check", "--source", str(source), "--target", str(target))
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_convert_is_deterministic_and_skips_present_blobs(
     registry: RunningRegistry, client: RegistryClient, tmp_path: Path
 ) -> None:
