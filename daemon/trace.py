@@ -45,15 +45,13 @@ class AccessTrace:
         if path is None:
             return
         seen.update(new)
-        lines = []
-        run_start = previous = new[0]
-        for index in [*new[1:], None]:
-            if index is not None and index == previous + 1:
-                previous = index
-                continue
-            lines.append(entry_line(path, run_start * self.chunk_size, (previous + 1) * self.chunk_size))
-            if index is not None:
-                run_start = previous = index
+        runs: list[list[int]] = []  # consecutive chunk indexes
+        for index in new:
+            if runs and index == runs[-1][-1] + 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        lines = [entry_line(path, run[0] * self.chunk_size, (run[-1] + 1) * self.chunk_size) for run in runs]
         try:
             self._file.write(b"".join(lines))
             self._file.flush()

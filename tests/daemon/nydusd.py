@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from daemon.mountpoint import mounts_at
+from daemon.storage.cache import blob_usage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NYDUSD = [sys.executable, "-m", "daemon.cli"]
@@ -61,6 +62,16 @@ class Daemon:
         with open(self.log_path, encoding="utf-8", errors="replace") as file:
             return file.read()
 
+    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> str:
+        """The log once it holds `text` (the daemon logs "prefetch done", say); fails after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{self.log()}")
+
     def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         """Signal the daemon and wait; kill it if it does not exit. Returns its exit status."""
         if self.process.poll() is None:
@@ -71,6 +82,11 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def cached_chunks(work_dir: str) -> int:
+    """Chunks in the chunk cache under `work_dir`, over all blobs."""
+    return sum(usage.chunks for usage in blob_usage(work_dir))
 
 
 def write_config(path: str, blob_dir: str, work_dir: str | None = None, **top: object) -> str:

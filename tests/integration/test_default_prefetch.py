@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from builder.build import BuildOptions, build
-from daemon.storage.cache import blob_usage
 from rafs import layout
 from rafs.mapped import open_bootstrap
 from rafs.pathlist import whole_files
-from tests.daemon.nydusd import NYDUSD, Daemon, mounted, requires_fuse, write_config
+from tests.daemon.nydusd import NYDUSD, cached_chunks, mounted, requires_fuse, write_config
 
 pytestmark = requires_fuse
 CHUNK = 64 * 1024
@@ -38,24 +37,13 @@ def image(tmp_path: Path) -> tuple[str, str]:
     return bootstrap, blob_dir
 
 
-def cached_chunks(work_dir: str) -> int:
-    return sum(usage.chunks for usage in blob_usage(work_dir))
-
-
-def wait_for_log(daemon: Daemon, text: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in daemon.log():
-        assert time.monotonic() < deadline, f"{text!r} not logged:\n{daemon.log()}"
-        time.sleep(0.02)
-
-
 def test_the_prefetch_table_is_fetched_with_the_default_config(image: tuple[str, str], tmp_path: Path) -> None:
     bootstrap, blob_dir = image
     assert len(open_bootstrap(bootstrap).prefetch_inodes()) == len(LISTED)
     work_dir = str(tmp_path / "cache")
     config = write_config(str(tmp_path / "c.json"), blob_dir, work_dir)  # no fs_prefetch at all
     with mounted(bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
-        wait_for_log(daemon, "prefetch done")
+        daemon.wait_for_log("prefetch done")
         assert cached_chunks(work_dir) == 2 * 6, "the two listed files, all six chunks each, and nothing else"
 
 

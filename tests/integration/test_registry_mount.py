@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from daemon.blob_order import BlobOrder
-from daemon.storage.cache import blob_usage
 from rafs.bootstrap import Bootstrap
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import debian_root
-from tests.daemon.nydusd import REPO, Daemon, answers, force_unmount, is_mounted, requires_fuse
+from tests.daemon.nydusd import REPO, answers, cached_chunks, force_unmount, is_mounted, requires_fuse
 from tests.integration.registry_mount import (
     convert,
     fix_mtimes,
@@ -190,7 +189,7 @@ def test_next_small_file_in_the_blob_comes_with_the_first(
                 assert file.read() == Path(pushed.source_dir, first.lstrip("/")).read_bytes()
             if amplify_io:  # what follows the first file comes behind its read: wait for it to land
                 deadline = time.monotonic() + 30
-                while sum(usage.chunks for usage in blob_usage(str(tmp_path / "cache"))) < 2:
+                while cached_chunks(str(tmp_path / "cache")) < 2:
                     assert time.monotonic() < deadline, "the blob-order neighbours never arrived"
                     time.sleep(0.02)
             before = proxy.count("GET", blob_id)
@@ -215,16 +214,6 @@ def test_container_runs_on_image(pushed: PushedImage, tmp_path: Path) -> None:
     assert not is_mounted(str(tmp_path / "work" / "lower"))
 
 
-def wait_for_log(daemon: Daemon, text: str, timeout_s: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        log = daemon.log()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{daemon.log()}")
-
-
 def test_prefetch_all_fetches_every_blob_in_merged_ranges(pushed: PushedImage, tmp_path: Path) -> None:
     proxy = FaultProxy(pushed.host)
     try:
@@ -235,7 +224,7 @@ def test_prefetch_all_fetches_every_blob_in_merged_ranges(pushed: PushedImage, t
         )
         image = pushed.ref.replace(pushed.host, proxy.host)
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
-            wait_for_log(daemon, "prefetch done")
+            daemon.wait_for_log("prefetch done")
             bootstrap = open_bootstrap(next((tmp_path / "cache" / "bootstraps").glob("*.boot")))
             blob_ids = [blob.blob_id for blob in bootstrap.blobs]
             prefetched = sum(proxy.bytes_sent(blob_id) for blob_id in blob_ids)
@@ -261,7 +250,7 @@ def test_prefetch_files_fetch_only_those_files(pushed: PushedImage, tmp_path: Pa
         image = pushed.ref.replace(pushed.host, proxy.host)
         extra = ["--prefetch-files", str(listing)]
         with image_mounted(image, str(tmp_path / "mnt"), config, str(tmp_path / "log"), extra=extra) as daemon:
-            wait_for_log(daemon, "prefetch done")
+            daemon.wait_for_log("prefetch done")
             bootstrap = open_bootstrap(next((tmp_path / "cache" / "bootstraps").glob("*.boot")))
             fetched = sum(proxy.bytes_sent(blob.blob_id) for blob in bootstrap.blobs)
             assert (
@@ -346,11 +335,11 @@ def test_kill_9_mid_prefetch_then_restart_serves_the_same_tree(pushed: PushedIma
     daemon = start_image_daemon(pushed.ref, mountpoint, config, log)
     try:
         deadline = time.monotonic() + 30
-        while sum(usage.chunks for usage in blob_usage(str(cache))) < 4:
+        while cached_chunks(str(cache)) < 4:
             assert time.monotonic() < deadline, daemon.log()
             time.sleep(0.02)
         daemon.stop(signal.SIGKILL)
-        cached = sum(usage.chunks for usage in blob_usage(str(cache)))
+        cached = cached_chunks(str(cache))
         bootstrap = open_bootstrap(next((cache / "bootstraps").glob("*.boot")))
         assert 0 < cached < bootstrap.superblock.chunk_count, "killed mid-prefetch"
         assert not answers(mountpoint)

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from builder.verify import check
-from daemon.storage.cache import blob_usage
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import build_image, synthetic_tree
-from tests.daemon.nydusd import mounted, requires_fuse, write_config
+from tests.daemon.nydusd import cached_chunks, mounted, requires_fuse, write_config
 
 pytestmark = [pytest.mark.fuse, requires_fuse]
 CHUNK = 0x10000
@@ -88,18 +87,15 @@ def test_trace_lists_first_reads_of_chunks_and_builds_a_prefetch_chunk_table(tmp
     work_dir = str(tmp_path / "cache")
     config = write_config(str(tmp_path / "c2.json"), str(rebuilt / "blobs"), work_dir)
     with mounted(str(rebuilt / "image.boot"), str(tmp_path / "mnt2"), config, str(tmp_path / "log2")) as daemon:
-        deadline = time.monotonic() + 30
-        while "prefetch done" not in daemon.log():
-            assert time.monotonic() < deadline, daemon.log()
-            time.sleep(0.02)
-        assert sum(usage.chunks for usage in blob_usage(work_dir)) == 3
+        daemon.wait_for_log("prefetch done")
+        assert cached_chunks(work_dir) == 3
         # Opening a file the table covers does not fetch it whole (as an image without a trace
         # would): the trace shows the start needs only those chunks of it.
         os.close(os.open(os.path.join(daemon.mountpoint, "app/big"), os.O_RDONLY))
         time.sleep(0.5)  # a local backend would have brought the other seven chunks by now
-        assert sum(usage.chunks for usage in blob_usage(work_dir)) == 3
+        assert cached_chunks(work_dir) == 3
         assert read_page(os.path.join(daemon.mountpoint, "app/big"), 2 * CHUNK)  # the others on demand
-        assert sum(usage.chunks for usage in blob_usage(work_dir)) > 3
+        assert cached_chunks(work_dir) > 3
 
 
 def test_a_plain_path_list_still_prefetches_whole_files(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
@@ -130,8 +126,5 @@ def test_nydusd_prefetch_files_takes_a_trace_too(tmp_path: Path) -> None:
     config = write_config(str(tmp_path / "c.json"), image.blob_dir, work_dir)
     extra = ["--prefetch-files", str(listed)]
     with mounted(image.bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log"), extra=extra) as daemon:
-        deadline = time.monotonic() + 30
-        while "prefetch done" not in daemon.log():
-            assert time.monotonic() < deadline, daemon.log()
-            time.sleep(0.02)
-        assert sum(usage.chunks for usage in blob_usage(work_dir)) == 4  # chunks 3, 5, 6 and 7
+        daemon.wait_for_log("prefetch done")
+        assert cached_chunks(work_dir) == 4  # chunks 3, 5, 6 and 7
