@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from builder.verify import check
 from rafs.mapped import open_bootstrap
 from tests.daemon.images import build_image, synthetic_tree
-from tests.daemon.nydusd import cached_chunks, mounted, requires_fuse, write_config
+from tests.daemon.nydusd import NYDUSD, cached_chunks, mounted, requires_fuse, write_config
 
 pytestmark = [pytest.mark.fuse, requires_fuse]
 CHUNK = 0x10000
@@ -128,3 +129,38 @@ def test_nydusd_prefetch_files_takes_a_trace_too(tmp_path: Path) -> None:
     with mounted(image.bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log"), extra=extra) as daemon:
         daemon.wait_for_log("prefetch done")
         assert cached_chunks(work_dir) == 4  # chunks 3, 5, 6 and 7
+
+
+def test_a_bad_range_in_a_prefetch_list_is_one_line_and_nothing_is_made(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    source = tmp_path / "src"
+    (source / "app").mkdir(parents=True)
+    (source / "app" / "big").write_bytes(bytes(2 * CHUNK))
+    listed = tmp_path / "trace.txt"
+    listed.write_text(f"/app/big\t0-{CHUNK}\n/app/big\t{CHUNK}-{CHUNK}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    built = cli(
+        "nydus-image",
+        ["create", "--bootstrap", str(out / "image.boot"), "--blob-dir", str(out / "blobs"),
+         "--prefetch-files", str(listed), str(source)],
+    )  # fmt: skip
+    assert built.returncode == 2
+    assert built.stderr.strip().splitlines() == [
+        f"nydus-image create: error: --prefetch-files {listed} line 2: byte range {CHUNK}-{CHUNK} is empty"
+    ]
+    assert os.listdir(out) == []
+
+    image = build_image(str(source), str(tmp_path / "image"), chunk_size=CHUNK)
+    config = write_config(str(tmp_path / "c.json"), image.blob_dir)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    daemon = subprocess.run(
+        [*NYDUSD, "--bootstrap", image.bootstrap, "--mountpoint", str(mountpoint), "--config", config,
+         "--prefetch-files", str(listed)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert daemon.returncode == 2
+    assert daemon.stderr.strip().splitlines() == [
+        f"nydusd: --prefetch-files {listed} line 2: byte range {CHUNK}-{CHUNK} is empty"
+    ]
+    assert not os.path.ismount(mountpoint)
