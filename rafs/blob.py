@@ -19,7 +19,13 @@ from rafs.digest import chunk_digest
 from rafs.errors import ChunkDigestMismatch, ChunkError, CorruptChunk
 from rafs.records import ChunkRecord
 
-ZSTD_LEVEL = 3
+# Level 9, not zstd's default 3: a blob is written once on a build host and pulled on every
+# container host, so build time buys link time. On debian-sci's blobs it stores 6% fewer bytes
+# (346.6 against 369.9 MiB), and its cold and trace-prefetch starts fetch 5-6% less (143.7 against
+# 151.0 MiB, 84.7 against 90.2); conversion takes 43 s instead of 24 s for its 1,147 MiB.
+# Decompression is as fast (about 700 MiB/s either way). Higher levels gain little more until
+# 19, which compresses at 3 MiB/s.
+ZSTD_LEVEL = 9
 
 COMPRESSORS_BY_NAME = {name: code for code, name in layout.COMPRESSOR_NAMES.items()}
 DIGESTERS_BY_NAME = {name: code for code, name in layout.DIGESTER_NAMES.items()}
