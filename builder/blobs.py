@@ -5,6 +5,11 @@ body spool; `finish` writes the head (ordered by prefetch rank, then arrival) an
 body into one temporary file, so a cold start reads one contiguous range. The file keeps its
 temporary name until the whole build succeeds (`commit`), so a failed build leaves nothing
 behind that looks like a finished blob.
+
+Compression runs in worker threads (zstd and LZ4 release the GIL), beside the build's own
+reading, unpacking and digesting. Each chunk's stored bytes are written with its own record and
+`finish` lays chunks out by prefetch rank and arrival, so the blob is byte for byte what one
+thread would write.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -19,17 +26,24 @@ from rafs.blob import compress_chunk
 from rafs.outputs import give_ordinary_mode
 from rafs.records import BlobRecord
 
+COMPRESS_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Chunks handed to the compressing threads and not yet written: bounds the memory held (at most
+# this many chunks, compressed and not, of up to `chunk_size` each).
+MAX_PENDING_CHUNKS = 4 * COMPRESS_THREADS
+
 
 @dataclass(eq=False)
 class StoredChunk:
-    """One chunk's stored bytes in a blob; `final_offset` is set by `BlobWriter.finish`."""
+    """One chunk's stored bytes in a blob. Where and how it is stored is known once its
+    compression is done and it is written to a spool (by `BlobWriter.finish` at the latest);
+    `final_offset` is set by `finish`."""
 
-    spool_offset: int
-    stored_size: int
     uncompressed_size: int
-    compressed: bool
     prefetch_rank: int | None
     sequence: int
+    spool_offset: int = -1
+    stored_size: int = -1
+    compressed: bool = False
     final_offset: int = -1
 
 
@@ -44,21 +58,37 @@ class BlobWriter:
     chunks: list[StoredChunk] = field(default_factory=list)
     temp_path: str = ""
     blob_id: str = ""
+    _pool: ThreadPoolExecutor = field(init=False)
+    _pending: deque[tuple[StoredChunk, Future[tuple[bytes, bool]]]] = field(init=False, default_factory=deque)
 
     def __post_init__(self) -> None:
         self.head = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed in finish or discard
         self.body = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed in finish or discard
+        self._pool = ThreadPoolExecutor(max_workers=COMPRESS_THREADS, thread_name_prefix="compress")
 
     def add(self, data: bytes, prefetch_rank: int | None) -> StoredChunk:
-        stored, compressed = compress_chunk(data, self.compressor)
-        spool = self.head if prefetch_rank is not None else self.body
-        chunk = StoredChunk(spool.tell(), len(stored), len(data), compressed, prefetch_rank, len(self.chunks))
-        spool.write(stored)
+        """Queue `data` for compression; it is written to its spool in the order chunks were added."""
+        chunk = StoredChunk(len(data), prefetch_rank, len(self.chunks))
         self.chunks.append(chunk)
+        self._pending.append((chunk, self._pool.submit(compress_chunk, data, self.compressor)))
+        self._write_done(wait_for=len(self._pending) - MAX_PENDING_CHUNKS)
         return chunk
+
+    def _write_done(self, wait_for: int) -> None:
+        """Write the compressed chunks at the head of the queue: the first `wait_for` even if not done yet."""
+        while self._pending and (wait_for > 0 or self._pending[0][1].done()):
+            chunk, future = self._pending.popleft()
+            stored, chunk.compressed = future.result()
+            spool = self.head if chunk.prefetch_rank is not None else self.body
+            chunk.spool_offset = spool.tell()
+            chunk.stored_size = len(stored)
+            spool.write(stored)
+            wait_for -= 1
 
     def finish(self) -> BlobRecord:
         """Lay out head then body in a temporary file; returns the blob's record."""
+        self._write_done(wait_for=len(self._pending))
+        self._pool.shutdown()
         head_chunks = sorted(
             (chunk for chunk in self.chunks if chunk.prefetch_rank is not None),
             key=lambda chunk: (chunk.prefetch_rank, chunk.sequence),
@@ -98,6 +128,8 @@ class BlobWriter:
 
     def discard(self) -> None:
         """Remove every file this writer made (a failed build)."""
+        self._pool.shutdown(cancel_futures=True)
+        self._pending.clear()
         for spool in (self.head, self.body):
             if not spool.closed:
                 spool.close()

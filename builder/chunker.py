@@ -40,12 +40,15 @@ class PendingChunk:
 
     def record(self, file_offset: int, blob_index: dict[int, int]) -> ChunkRecord:
         """The final chunk record for this chunk at `file_offset` of some file."""
+        flags = self.flags
         if self.stored is not None:
             offset, size = self.stored.final_offset, self.stored.stored_size
+            if self.stored.compressed:
+                flags |= layout.CHUNK_COMPRESSED
         else:
             offset, size = self.compressed_offset, self.compressed_size
         index = blob_index[id(self.slot)] if self.slot is not None else 0
-        return ChunkRecord(index, self.flags, offset, size, self.uncompressed_size, file_offset, self.digest)
+        return ChunkRecord(index, flags, offset, size, self.uncompressed_size, file_offset, self.digest)
 
 
 @dataclass
@@ -117,9 +120,8 @@ class ChunkStore:
             return known
         slot = self._current_slot()
         assert slot.writer is not None
-        stored = slot.writer.add(data, prefetch_rank)
-        flags = layout.CHUNK_COMPRESSED if stored.compressed else 0
-        pending = PendingChunk(slot, stored, digest, len(data), flags)
+        stored = slot.writer.add(data, prefetch_rank)  # its COMPRESSED flag: known when the blob is finished
+        pending = PendingChunk(slot, stored, digest, len(data), 0)
         self.known[key] = pending
         return pending
 

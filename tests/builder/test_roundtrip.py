@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from unittest import mock
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from builder import blobs
 from builder.build import BuildOptions, build
 from builder.verify import check
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
@@ -72,3 +74,32 @@ def test_parent_bootstrap_then_upper_layers_equals_whole_build(
         assert open_bootstrap(child).superblock.root_digest == open_bootstrap(whole).superblock.root_digest
         as_directory, _ = unpacked(directory, child, blob_dir)
     assert diff(snapshot_tree(apply_layers(layers)), as_directory) == []
+
+
+@given(
+    layers=layer_stacks(),
+    chunk_size=chunk_sizes,
+    compressor=st.sampled_from(sorted(COMPRESSORS_BY_NAME)),
+    threads=st.integers(2, 4),
+)
+def test_compressing_in_threads_writes_what_one_thread_writes(
+    layers: list[list[Entry]], chunk_size: int, compressor: str, threads: int
+) -> None:
+    """Compressed in worker threads, every chunk keeps its own stored bytes and flag: the same outputs as one thread."""
+    options = BuildOptions(chunk_size=chunk_size, compressor=COMPRESSORS_BY_NAME[compressor])
+    outputs = []
+    with tempfile.TemporaryDirectory() as directory:
+        paths = write_layers(directory, layers, ["gzip"])
+        for count in (1, threads):
+            with (
+                mock.patch.object(blobs, "COMPRESS_THREADS", count),
+                mock.patch.object(blobs, "MAX_PENDING_CHUNKS", count),
+            ):
+                bootstrap, blob_dir, _ = build_layers(directory, paths, options, name=f"threads-{count}")
+            with open(bootstrap, "rb") as file:
+                written = {"bootstrap": file.read()}
+            for name in sorted(os.listdir(blob_dir)):
+                with open(os.path.join(blob_dir, name), "rb") as file:
+                    written[name] = file.read()
+            outputs.append(written)
+    assert outputs[0] == outputs[1]
