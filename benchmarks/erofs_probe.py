@@ -1,0 +1,270 @@
+"""EROFS probe: how a warm start would fare if the kernel served the image's metadata.
+
+A measurement for a design this project has not built (the README's "what would move the
+figures"). Today every lookup, open, release, readlink and directory listing of a start is a
+FUSE request answered in Python: about 11,500 for debian-sci's. Here the unpacked rootfs is
+written by `mkfs.erofs --chunksize --blobdev` into a small EROFS metadata image plus one chunk
+device file; the device file is built into a nydus image and served by nydusd (localfs backend,
+chunk cache filled by an unmeasured first run); the kernel mounts the metadata image file-backed
+(no loop device) with the device file on the nydusd mount as its extra device. Only reads of
+that one file reach nydusd.
+
+Modes, alternating, the page cache dropped before each run, all warm (no network):
+
+- `local-disk`: the unpacked rootfs (the floor);
+- `nydusd`: the image as `nydus-image create` builds it today, mounted by nydusd;
+- `erofs-nydusd`: EROFS metadata, its chunk device on the nydusd mount;
+- `erofs-local`: EROFS metadata, its chunk device on local disk.
+
+Each runs the image's workload in `runc` on an overlay over the mode's rootfs, as the cold-start
+harness does. Usage (root, /dev/fuse, erofs-utils, a kernel with file-backed EROFS mounts):
+
+    python3 -m benchmarks.erofs_probe [--image debian-sci] [--runs 3]
+
+Figures print as a table and go to benchmarks/results/erofs_probe.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.coldstart_images import IMAGES, BuiltImage, build_image
+from benchmarks.coldstart_runtime import (
+    drop_page_cache,
+    is_mounted,
+    load_tools,
+    overlay_rootfs,
+    run_container,
+    unpack_layer,
+)
+from benchmarks.coldstart_services import stop_group
+from benchmarks.coldstart_timeline import read_timeline, summarise
+from benchmarks.common import markdown_table, write_results
+
+MODES = ("local-disk", "nydusd", "erofs-nydusd", "erofs-local")
+CHUNK_SIZE = 1 << 20  # the same as the nydus images'
+MOUNT_TIMEOUT_S = 30.0
+MS_RDONLY = 1
+
+
+class ProbeError(RuntimeError):
+    """A tool or kernel feature the probe needs is missing; the message says which."""
+
+
+def unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["umount", str(path)], check=False, capture_output=True)
+        if is_mounted(path):
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def mount_erofs(image: Path, target: Path, device: Path) -> None:
+    """mount(2) of an EROFS image file, file-backed: `mount(8)` would put it on a loop device,
+    whose `device=` must then be a block device too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"device={device}".encode()
+    if libc.mount(str(image).encode(), str(target).encode(), b"erofs", MS_RDONLY, options) != 0:
+        error = ctypes.get_errno()
+        raise ProbeError(f"mount -t erofs {image} (file-backed, device={device}): {os.strerror(error)}")
+
+
+@contextmanager
+def erofs_rootfs(image: Path, device: Path, target: Path) -> Iterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    mount_erofs(image, target, device)
+    try:
+        yield target
+    finally:
+        unmount(target)
+
+
+@contextmanager
+def nydusd_mount(bootstrap: Path, blob_dir: Path, cache_dir: Path, work: Path) -> Iterator[tuple[Path, Path]]:
+    """nydusd over `bootstrap` (localfs backend, blobcache in `cache_dir`); yields (mountpoint, timeline path)."""
+    mountpoint, timeline = work / "lower", work / "timeline.json"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    config = {
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": str(blob_dir)}},
+            "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}},
+        }
+    }
+    config_path = work / "nydusd.json"
+    config_path.write_text(json.dumps(config))
+    log_path = work / "nydusd.log"
+    argv = ["nydusd", "--bootstrap", str(bootstrap), "--mountpoint", str(mountpoint), "--config", str(config_path)]
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [*argv, "--timeline-out", str(timeline)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        while not is_mounted(mountpoint):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise ProbeError(f"nydusd did not mount: {log_path.read_text()[-2000:]}")
+            time.sleep(0.002)
+        yield mountpoint, timeline
+    finally:
+        stop_group(daemon)
+        unmount(mountpoint)
+
+
+class Probe:
+    """The artifacts of one image (made once, unmeasured) and one measured start per call."""
+
+    def __init__(self, built: BuiltImage, root: Path) -> None:
+        self.built = built
+        self.root = root
+        self.rootfs = root / "rootfs"
+        self.device_dir = root / "device"
+        self.erofs_image = root / "meta.erofs"
+        self.figures: dict[str, object] = {}
+
+    def prepare(self) -> None:
+        for tool in ("mkfs.erofs", "nydus-image", "nydusd", "runc"):
+            if shutil.which(tool) is None:
+                raise ProbeError(
+                    f"{tool} is not installed (erofs-utils for mkfs.erofs; scripts/install.sh for the rest)"
+                )
+        self.rootfs.mkdir(parents=True)
+        for layer in self.built.layers:
+            unpack_layer(layer.path, self.rootfs)
+        self.device_dir.mkdir()
+        device = self.device_dir / "chunks.img"
+        self.figures["mkfs_s"] = self._timed(
+            [
+                "mkfs.erofs",
+                "--quiet",
+                f"--chunksize={CHUNK_SIZE}",
+                f"--blobdev={device}",
+                str(self.erofs_image),
+                str(self.rootfs),
+            ]
+        )
+        self.figures["erofs_metadata_bytes"] = self.erofs_image.stat().st_size
+        self.figures["erofs_device_bytes"] = device.stat().st_size
+        layers = [str(layer.path) for layer in self.built.layers]
+        self.figures["create_image_s"] = self._timed(self._create("targz", "image", layers))
+        self.figures["create_device_s"] = self._timed(self._create("directory", "device", [str(self.device_dir)]))
+
+    def _create(self, source_type: str, name: str, sources: list[str]) -> list[str]:
+        bootstrap, blobs = self.root / f"{name}.boot", self.root / f"{name}-blobs"
+        return [
+            "nydus-image",
+            "create",
+            "--source-type",
+            source_type,
+            "--bootstrap",
+            str(bootstrap),
+            "--blob-dir",
+            str(blobs),
+            *sources,
+        ]
+
+    @staticmethod
+    def _timed(argv: list[str]) -> float:
+        started = time.perf_counter()
+        completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise ProbeError(f"{argv[0]} failed ({completed.returncode}): {completed.stderr.strip()[-2000:]}")
+        return round(time.perf_counter() - started, 2)
+
+    def start(self, mode: str, work: Path) -> dict[str, object]:
+        """One start of the workload in `mode`, page cache dropped first; seconds and the daemon's figures."""
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        drop_page_cache()
+        load_tools()
+        started = time.perf_counter()
+        timeline: Path | None = None
+        with contextlib.ExitStack() as stack:
+            if mode == "local-disk":
+                lower = self.rootfs
+            elif mode == "nydusd":
+                lower, timeline = stack.enter_context(
+                    nydusd_mount(self.root / "image.boot", self.root / "image-blobs", self.root / "image-cache", work)
+                )
+            else:
+                if mode == "erofs-nydusd":
+                    mountpoint, timeline = stack.enter_context(
+                        nydusd_mount(
+                            self.root / "device.boot", self.root / "device-blobs", self.root / "device-cache", work
+                        )
+                    )
+                    device = mountpoint / "chunks.img"
+                else:
+                    device = self.device_dir / "chunks.img"
+                lower = stack.enter_context(erofs_rootfs(self.erofs_image, device, work / "erofs"))
+            with overlay_rootfs(lower, work) as merged:
+                run_container(work / "bundle", merged, self.built.spec.workload)
+            seconds = time.perf_counter() - started
+        record: dict[str, object] = {"seconds": round(seconds, 3)}
+        if timeline is not None:
+            daemon = summarise(read_timeline(timeline), 0.0)
+            record.update(
+                fuse_reads=daemon["fuse_reads"], fuse_read_bytes=daemon["fuse_read_bytes"], cpu_s=daemon["cpu_s"]
+            )
+        shutil.rmtree(work, ignore_errors=True)
+        return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.erofs_probe", description=__doc__.split("\n")[0])
+    parser.add_argument("--image", choices=sorted(IMAGES), default="debian-sci")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if os.geteuid() != 0:
+        parser.error("needs root (FUSE, EROFS and overlay mounts, runc)")
+    built = build_image(IMAGES[args.image])
+    runs: dict[str, list[dict[str, object]]] = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory(prefix="erofs-probe-") as temp:
+        probe = Probe(built, Path(temp))
+        try:
+            probe.prepare()
+            for mode in ("nydusd", "erofs-nydusd"):  # fill the chunk caches: these are warm starts
+                probe.start(mode, Path(temp) / "fill")
+            for number in range(args.runs):
+                for mode in MODES:
+                    record = probe.start(mode, Path(temp) / f"run-{mode}")
+                    runs[mode].append(record)
+                    print(f"  {args.image} {mode} run {number + 1}: {record}", flush=True)
+        except ProbeError as error:
+            print(f"erofs_probe: {error}", file=sys.stderr)
+            return 1
+    floor = statistics.median(float(str(run["seconds"])) for run in runs["local-disk"])
+    rows = []
+    for mode in MODES:
+        median = statistics.median(float(str(run["seconds"])) for run in runs[mode])
+        cpu = [float(str(run["cpu_s"])) for run in runs[mode] if run.get("cpu_s") is not None]
+        reads = [int(str(run["fuse_reads"])) for run in runs[mode] if "fuse_reads" in run]
+        rows.append([
+            mode, f"{median:.2f}", f"{median / floor:.2f}x",
+            f"{statistics.median(cpu):.2f}" if cpu else "-", f"{int(statistics.median(reads))}" if reads else "-",
+        ])  # fmt: skip
+    table = markdown_table(
+        ["mode", "start to exit, s (median)", "this / local disk", "daemon CPU s", "FUSE reads"], rows
+    )
+    table = f"{args.image}, warm, median of {args.runs}, page cache dropped before each run\n\n{table}"
+    print(table)
+    path = write_results("erofs_probe", {"image": args.image, "figures": probe.figures, "runs": runs}, table)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
