@@ -123,7 +123,10 @@ def start_daemon(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"nydusd exited with {process.returncode}:\n{daemon.log()}")
-        if is_mounted(mountpoint) and answers(mountpoint):
+        # statfs first, then the mount table: the other order races with the daemon clearing a
+        # stale mount (the table still lists it, then statfs is answered by the bare directory
+        # in the instant before the new mount), and returned before anything was mounted.
+        if answers(mountpoint) and is_mounted(mountpoint):
             return daemon
         time.sleep(0.02)
     daemon.stop(signal.SIGKILL)

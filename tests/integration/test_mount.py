@@ -271,7 +271,7 @@ def test_without_config_blobs_are_read_beside_the_bootstrap(synthetic: Image, tm
     )
     try:
         deadline = 300
-        while not (is_mounted(mountpoint) and answers(mountpoint)) and deadline and process.poll() is None:
+        while not (answers(mountpoint) and is_mounted(mountpoint)) and deadline and process.poll() is None:
             deadline -= 1
             time.sleep(0.05)
         with (
