@@ -16,10 +16,16 @@ Modes, alternating, the page cache dropped before each run, all warm (no network
 - `erofs-nydusd`: EROFS metadata, its chunk device on the nydusd mount;
 - `erofs-local`: EROFS metadata, its chunk device on local disk.
 
+With `--rate-mbit R`, also over the real registry behind a shaped link (20 ms RTT, R Mbit/s),
+every chunk fetched on demand, both layouts: `cold-nydusd` and `cold-erofs` (an empty chunk
+cache), `trace-nydusd` and `trace-erofs` (rebuilt with `--prefetch-files` from a `--trace-out` of
+a first start, prefetched at mount). Those daemons start with `--bootstrap` (the bootstrap is
+local; only blobs cross the link), so mounting is the same for both layouts.
+
 Each runs the image's workload in `runc` on an overlay over the mode's rootfs, as the cold-start
 harness does. Usage (root, /dev/fuse, erofs-utils, a kernel with file-backed EROFS mounts):
 
-    python3 -m benchmarks.erofs_probe [--image debian-sci] [--runs 3]
+    python3 -m benchmarks.erofs_probe [--image debian-sci] [--runs 3] [--rate-mbit 200]
 
 Figures print as a table and go to benchmarks/results/erofs_probe.{json,md}.
 """
@@ -47,14 +53,18 @@ from benchmarks.coldstart_runtime import (
     is_mounted,
     load_tools,
     overlay_rootfs,
+    registry_client,
     run_container,
     unpack_layer,
 )
-from benchmarks.coldstart_services import stop_group
+from benchmarks.coldstart_services import Network, network, stop_group
 from benchmarks.coldstart_timeline import read_timeline, summarise
 from benchmarks.common import markdown_table, write_results
+from rafs.oci import ImageReference
 
 MODES = ("local-disk", "nydusd", "erofs-nydusd", "erofs-local")
+LINK_MODES = ("cold-nydusd", "cold-erofs", "trace-nydusd", "trace-erofs")
+RTT_MS = 20.0
 CHUNK_SIZE = 1 << 20  # the same as the nydus images'
 MOUNT_TIMEOUT_S = 30.0
 MS_RDONLY = 1
@@ -91,24 +101,32 @@ def erofs_rootfs(image: Path, device: Path, target: Path) -> Iterator[Path]:
         unmount(target)
 
 
+def localfs(blob_dir: Path) -> dict[str, object]:
+    return {"type": "localfs", "config": {"dir": str(blob_dir)}}
+
+
+def registry(host: str, repository: str) -> dict[str, object]:
+    return {"type": "registry", "config": {"scheme": "http", "host": host, "repo": repository}}
+
+
 @contextmanager
-def nydusd_mount(bootstrap: Path, blob_dir: Path, cache_dir: Path, work: Path) -> Iterator[tuple[Path, Path]]:
-    """nydusd over `bootstrap` (localfs backend, blobcache in `cache_dir`); yields (mountpoint, timeline path)."""
+def nydusd_mount(
+    bootstrap: Path, backend: dict[str, object], cache_dir: Path, work: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[Path, Path]]:
+    """nydusd over `bootstrap` (blobs from `backend`, blobcache in `cache_dir`); yields (mountpoint, timeline path)."""
     mountpoint, timeline = work / "lower", work / "timeline.json"
     mountpoint.mkdir(parents=True, exist_ok=True)
-    config = {
-        "device": {
-            "backend": {"type": "localfs", "config": {"dir": str(blob_dir)}},
-            "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}},
-        }
-    }
+    config = {"device": {"backend": backend, "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}}}}
     config_path = work / "nydusd.json"
     config_path.write_text(json.dumps(config))
     log_path = work / "nydusd.log"
     argv = ["nydusd", "--bootstrap", str(bootstrap), "--mountpoint", str(mountpoint), "--config", str(config_path)]
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
-            [*argv, "--timeline-out", str(timeline)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*argv, "--timeline-out", str(timeline), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
@@ -182,56 +200,126 @@ class Probe:
             raise ProbeError(f"{argv[0]} failed ({completed.returncode}): {completed.stderr.strip()[-2000:]}")
         return round(time.perf_counter() - started, 2)
 
-    def start(self, mode: str, work: Path) -> dict[str, object]:
+    def start(self, mode: str, work: Path, net: Network | None = None) -> dict[str, object]:
         """One start of the workload in `mode`, page cache dropped first; seconds and the daemon's figures."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         drop_page_cache()
         load_tools()
+        opening = net.shapers[0].sample_after() if net is not None else None
         started = time.perf_counter()
         timeline: Path | None = None
         with contextlib.ExitStack() as stack:
             if mode == "local-disk":
                 lower = self.rootfs
-            elif mode == "nydusd":
-                lower, timeline = stack.enter_context(
-                    nydusd_mount(self.root / "image.boot", self.root / "image-blobs", self.root / "image-cache", work)
+            elif mode == "erofs-local":
+                lower = stack.enter_context(
+                    erofs_rootfs(self.erofs_image, self.device_dir / "chunks.img", work / "erofs")
                 )
             else:
-                if mode == "erofs-nydusd":
-                    mountpoint, timeline = stack.enter_context(
-                        nydusd_mount(
-                            self.root / "device.boot", self.root / "device-blobs", self.root / "device-cache", work
-                        )
+                name = "device" if "erofs" in mode else "image"
+                if mode.startswith("trace-"):
+                    name += "-trace"
+                if net is None:
+                    backend, cache = localfs(self.root / f"{name}-blobs"), self.root / f"{name}-cache"
+                else:  # over the link, from nothing
+                    backend, cache = registry(net.shapers[0].host, f"probe/{name}"), work / "cache"
+                mountpoint, timeline = stack.enter_context(
+                    nydusd_mount(self.root / f"{name}.boot", backend, cache, work)
+                )
+                lower = mountpoint
+                if "erofs" in mode:
+                    lower = stack.enter_context(
+                        erofs_rootfs(self.erofs_image, mountpoint / "chunks.img", work / "erofs")
                     )
-                    device = mountpoint / "chunks.img"
-                else:
-                    device = self.device_dir / "chunks.img"
-                lower = stack.enter_context(erofs_rootfs(self.erofs_image, device, work / "erofs"))
             with overlay_rootfs(lower, work) as merged:
                 run_container(work / "bundle", merged, self.built.spec.workload)
             seconds = time.perf_counter() - started
         record: dict[str, object] = {"seconds": round(seconds, 3)}
         if timeline is not None:
             daemon = summarise(read_timeline(timeline), 0.0)
-            record.update(
-                fuse_reads=daemon["fuse_reads"], fuse_read_bytes=daemon["fuse_read_bytes"], cpu_s=daemon["cpu_s"]
-            )
+            record.update(fuse_reads=daemon["fuse_reads"], cpu_s=daemon["cpu_s"], blocked_s=daemon["blocked_s"])
+        if net is not None and opening is not None:
+            window = net.shapers[0].window(opening, net.shapers[0].sample_after(), origin=0.0)
+            record.update(bytes_down=window.down, requests=window.requests)
         shutil.rmtree(work, ignore_errors=True)
         return record
+
+    def trace_and_rebuild(self) -> None:
+        """For the trace modes: a `--trace-out` of one start of each layout (local blobs, fresh cache),
+        then each image built again with that trace as `--prefetch-files`."""
+        for name, erofs, source_type, sources in (
+            ("image", False, "targz", [str(layer.path) for layer in self.built.layers]),
+            ("device", True, "directory", [str(self.device_dir)]),
+        ):
+            work = self.root / f"trace-{name}"
+            trace = work / "trace.txt"
+            work.mkdir()
+            with contextlib.ExitStack() as stack:
+                mountpoint, _ = stack.enter_context(
+                    nydusd_mount(
+                        self.root / f"{name}.boot", localfs(self.root / f"{name}-blobs"), work / "cache", work,
+                        extra=("--trace-out", str(trace)),
+                    )
+                )  # fmt: skip
+                lower = mountpoint
+                if erofs:
+                    lower = stack.enter_context(
+                        erofs_rootfs(self.erofs_image, mountpoint / "chunks.img", work / "erofs")
+                    )
+                with overlay_rootfs(lower, work) as merged:
+                    run_container(work / "bundle", merged, self.built.spec.workload)
+            argv = self._create(source_type, f"{name}-trace", sources)
+            self.figures[f"create_{name}_trace_s"] = self._timed([*argv, "--prefetch-files", str(trace)])
+            shutil.rmtree(work, ignore_errors=True)
+
+    def push_blobs(self, net: Network) -> None:
+        """Every blob of the four nydus images into `probe/<name>` on the registry (setup, not through the shaper)."""
+        client = registry_client()
+        try:
+            for name in ("image", "device", "image-trace", "device-trace"):
+                reference = ImageReference(net.direct_host, f"probe/{name}", "latest")
+                for blob in sorted((self.root / f"{name}-blobs").iterdir()):
+                    client.push_blob(reference, f"sha256:{blob.name}", str(blob))
+        finally:
+            client.close()
+
+
+def median_of(runs: list[dict[str, object]], key: str) -> float | None:
+    values = [float(str(run[key])) for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def table_rows(modes: tuple[str, ...], runs: dict[str, list[dict[str, object]]], baseline: str) -> list[list[str]]:
+    """One row per mode: medians, and the time against `baseline`'s median."""
+    floor = median_of(runs[baseline], "seconds") or 1.0
+    rows = []
+    for mode in modes:
+        seconds = median_of(runs[mode], "seconds") or 0.0
+        cpu, reads = median_of(runs[mode], "cpu_s"), median_of(runs[mode], "fuse_reads")
+        down, blocked = median_of(runs[mode], "bytes_down"), median_of(runs[mode], "blocked_s")
+        rows.append([
+            mode, f"{seconds:.2f}", f"{seconds / floor:.2f}x",
+            "-" if cpu is None else f"{cpu:.2f}", "-" if reads is None else f"{int(reads)}",
+            "-" if down is None else f"{down / 2**20:.1f}", "-" if blocked is None else f"{blocked:.2f}",
+        ])  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.erofs_probe", description=__doc__.split("\n")[0])
     parser.add_argument("--image", choices=sorted(IMAGES), default="debian-sci")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate-mbit", type=float, default=None, help="also cold and trace starts over this link")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.rate_mbit is not None and args.rate_mbit <= 0:
+        parser.error("--rate-mbit must be positive")
     if os.geteuid() != 0:
         parser.error("needs root (FUSE, EROFS and overlay mounts, runc)")
     built = build_image(IMAGES[args.image])
-    runs: dict[str, list[dict[str, object]]] = {mode: [] for mode in MODES}
+    runs: dict[str, list[dict[str, object]]] = {mode: [] for mode in (*MODES, *LINK_MODES)}
     with tempfile.TemporaryDirectory(prefix="erofs-probe-") as temp:
         probe = Probe(built, Path(temp))
         try:
@@ -240,29 +328,36 @@ def main(argv: list[str] | None = None) -> int:
                 probe.start(mode, Path(temp) / "fill")
             for number in range(args.runs):
                 for mode in MODES:
-                    record = probe.start(mode, Path(temp) / f"run-{mode}")
-                    runs[mode].append(record)
-                    print(f"  {args.image} {mode} run {number + 1}: {record}", flush=True)
+                    runs[mode].append(probe.start(mode, Path(temp) / f"run-{mode}"))
+                    print(f"  {args.image} {mode} run {number + 1}: {runs[mode][-1]}", flush=True)
+            if args.rate_mbit is not None:
+                probe.trace_and_rebuild()
+                with network(Path(temp) / "net", RTT_MS, [args.rate_mbit]) as net:
+                    probe.push_blobs(net)
+                    for number in range(args.runs):
+                        for mode in LINK_MODES:
+                            runs[mode].append(probe.start(mode, Path(temp) / f"run-{mode}", net))
+                            print(f"  {args.image} {mode} run {number + 1}: {runs[mode][-1]}", flush=True)
         except ProbeError as error:
             print(f"erofs_probe: {error}", file=sys.stderr)
             return 1
-    floor = statistics.median(float(str(run["seconds"])) for run in runs["local-disk"])
-    rows = []
-    for mode in MODES:
-        median = statistics.median(float(str(run["seconds"])) for run in runs[mode])
-        cpu = [float(str(run["cpu_s"])) for run in runs[mode] if run.get("cpu_s") is not None]
-        reads = [int(str(run["fuse_reads"])) for run in runs[mode] if "fuse_reads" in run]
-        rows.append([
-            mode, f"{median:.2f}", f"{median / floor:.2f}x",
-            f"{statistics.median(cpu):.2f}" if cpu else "-", f"{int(statistics.median(reads))}" if reads else "-",
-        ])  # fmt: skip
-    table = markdown_table(
-        ["mode", "start to exit, s (median)", "this / local disk", "daemon CPU s", "FUSE reads"], rows
-    )
-    table = f"{args.image}, warm, median of {args.runs}, page cache dropped before each run\n\n{table}"
+    header = [
+        "mode",
+        "seconds (median)",
+        "against the first row",
+        "daemon CPU s",
+        "FUSE reads",
+        "fetched MiB",
+        "blocked s",
+    ]
+    table = f"{args.image}, warm, median of {args.runs}, page cache dropped before each run\n\n"
+    table += markdown_table(header, table_rows(MODES, runs, "local-disk"))
+    if args.rate_mbit is not None:
+        table += f"\n\n{args.image}, {RTT_MS:g} ms RTT, {args.rate_mbit:g} Mbit/s, median of {args.runs}\n\n"
+        table += markdown_table(header, table_rows(LINK_MODES, runs, "cold-nydusd"))
     print(table)
-    path = write_results("erofs_probe", {"image": args.image, "figures": probe.figures, "runs": runs}, table)
-    print(f"wrote {path}")
+    results = {"image": args.image, "rate_mbit": args.rate_mbit, "figures": probe.figures, "runs": runs}
+    print(f"wrote {write_results('erofs_probe', results, table)}")
     return 0
 
 
