@@ -22,10 +22,16 @@ cache), `trace-nydusd` and `trace-erofs` (rebuilt with `--prefetch-files` from a
 a first start, prefetched at mount). Those daemons start with `--bootstrap` (the bootstrap is
 local; only blobs cross the link), so mounting is the same for both layouts.
 
+`--device-chunk-size` sets the chunk size of the device's nydus image (1 MiB by default). The
+device packs small files together, so a 1 MiB chunk of it holds many files: fetching one
+fetches its neighbours, and a trace names them. `--device-readahead-kb N` sets the kernel's readahead of the nydusd mount under EROFS (nydusd
+raises it to 1 MiB for its own mounts): EROFS reads around on its own, so the FUSE file's
+readahead fetches, and traces, chunks the start does not use.
+
 Each runs the image's workload in `runc` on an overlay over the mode's rootfs, as the cold-start
 harness does. Usage (root, /dev/fuse, erofs-utils, a kernel with file-backed EROFS mounts):
 
-    python3 -m benchmarks.erofs_probe [--image debian-sci] [--runs 3] [--rate-mbit 200]
+    python3 -m benchmarks.erofs_probe [--image debian-sci] [--runs 3] [--rate-mbit 200] [--device-readahead-kb 0]
 
 Figures print as a table and go to benchmarks/results/erofs_probe.{json,md}.
 """
@@ -60,6 +66,9 @@ from benchmarks.coldstart_runtime import (
 from benchmarks.coldstart_services import Network, network, stop_group
 from benchmarks.coldstart_timeline import read_timeline, summarise
 from benchmarks.common import markdown_table, write_results
+from builder.options import chunk_size
+from daemon.mountpoint import mounts_at
+from daemon.serve import MAX_READ_BYTES
 from rafs.oci import ImageReference
 
 MODES = ("local-disk", "nydusd", "erofs-nydusd", "erofs-local")
@@ -89,6 +98,19 @@ def mount_erofs(image: Path, target: Path, device: Path) -> None:
     if libc.mount(str(image).encode(), str(target).encode(), b"erofs", MS_RDONLY, options) != 0:
         error = ctypes.get_errno()
         raise ProbeError(f"mount -t erofs {image} (file-backed, device={device}): {os.strerror(error)}")
+
+
+def set_readahead(mountpoint: Path, kilobytes: int) -> None:
+    """The readahead of the FUSE mount at `mountpoint`, set once nydusd has set its own (it does
+    so just after mounting, and would overwrite an earlier value)."""
+    entries = mounts_at(str(mountpoint))
+    if not entries:
+        raise ProbeError(f"{mountpoint} is not mounted")
+    knob = Path(f"/sys/class/bdi/{entries[-1].device}/read_ahead_kb")
+    deadline = time.monotonic() + 2.0
+    while knob.read_text().strip() != str(MAX_READ_BYTES // 1024) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    knob.write_text(str(kilobytes))
 
 
 @contextmanager
@@ -143,9 +165,17 @@ def nydusd_mount(
 class Probe:
     """The artifacts of one image (made once, unmeasured) and one measured start per call."""
 
-    def __init__(self, built: BuiltImage, root: Path) -> None:
+    def __init__(
+        self,
+        built: BuiltImage,
+        root: Path,
+        device_readahead_kb: int | None = None,
+        device_chunk_size: int | None = None,
+    ) -> None:
         self.built = built
         self.root = root
+        self.device_readahead_kb = device_readahead_kb
+        self.device_chunk_size = device_chunk_size
         self.rootfs = root / "rootfs"
         self.device_dir = root / "device"
         self.erofs_image = root / "meta.erofs"
@@ -180,17 +210,10 @@ class Probe:
 
     def _create(self, source_type: str, name: str, sources: list[str]) -> list[str]:
         bootstrap, blobs = self.root / f"{name}.boot", self.root / f"{name}-blobs"
-        return [
-            "nydus-image",
-            "create",
-            "--source-type",
-            source_type,
-            "--bootstrap",
-            str(bootstrap),
-            "--blob-dir",
-            str(blobs),
-            *sources,
-        ]
+        argv = ["nydus-image", "create", "--source-type", source_type, "--bootstrap", str(bootstrap)]
+        if name.startswith("device") and self.device_chunk_size is not None:
+            argv += ["--chunk-size", hex(self.device_chunk_size)]
+        return [*argv, "--blob-dir", str(blobs), *sources]
 
     @staticmethod
     def _timed(argv: list[str]) -> float:
@@ -229,9 +252,7 @@ class Probe:
                 )
                 lower = mountpoint
                 if "erofs" in mode:
-                    lower = stack.enter_context(
-                        erofs_rootfs(self.erofs_image, mountpoint / "chunks.img", work / "erofs")
-                    )
+                    lower = stack.enter_context(self._erofs_over(mountpoint, work))
             with overlay_rootfs(lower, work) as merged:
                 run_container(work / "bundle", merged, self.built.spec.workload)
             seconds = time.perf_counter() - started
@@ -244,6 +265,12 @@ class Probe:
             record.update(bytes_down=window.down, requests=window.requests)
         shutil.rmtree(work, ignore_errors=True)
         return record
+
+    def _erofs_over(self, mountpoint: Path, work: Path) -> contextlib.AbstractContextManager[Path]:
+        """EROFS metadata over the chunk device on the nydusd mount at `mountpoint`."""
+        if self.device_readahead_kb is not None:
+            set_readahead(mountpoint, self.device_readahead_kb)
+        return erofs_rootfs(self.erofs_image, mountpoint / "chunks.img", work / "erofs")
 
     def trace_and_rebuild(self) -> None:
         """For the trace modes: a `--trace-out` of one start of each layout (local blobs, fresh cache),
@@ -264,9 +291,7 @@ class Probe:
                 )  # fmt: skip
                 lower = mountpoint
                 if erofs:
-                    lower = stack.enter_context(
-                        erofs_rootfs(self.erofs_image, mountpoint / "chunks.img", work / "erofs")
-                    )
+                    lower = stack.enter_context(self._erofs_over(mountpoint, work))
                 with overlay_rootfs(lower, work) as merged:
                     run_container(work / "bundle", merged, self.built.spec.workload)
             argv = self._create(source_type, f"{name}-trace", sources)
@@ -311,17 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", choices=sorted(IMAGES), default="debian-sci")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate-mbit", type=float, default=None, help="also cold and trace starts over this link")
+    parser.add_argument("--device-readahead-kb", type=int, default=None, help="readahead of the mount under EROFS")
+    parser.add_argument("--device-chunk-size", type=chunk_size, default=None, help="chunk size of the device's image")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.rate_mbit is not None and args.rate_mbit <= 0:
         parser.error("--rate-mbit must be positive")
+    if args.device_readahead_kb is not None and args.device_readahead_kb < 0:
+        parser.error("--device-readahead-kb must not be negative")
     if os.geteuid() != 0:
         parser.error("needs root (FUSE, EROFS and overlay mounts, runc)")
     built = build_image(IMAGES[args.image])
     runs: dict[str, list[dict[str, object]]] = {mode: [] for mode in (*MODES, *LINK_MODES)}
     with tempfile.TemporaryDirectory(prefix="erofs-probe-") as temp:
-        probe = Probe(built, Path(temp))
+        probe = Probe(built, Path(temp), args.device_readahead_kb, args.device_chunk_size)
         try:
             probe.prepare()
             for mode in ("nydusd", "erofs-nydusd"):  # fill the chunk caches: these are warm starts
@@ -356,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         table += f"\n\n{args.image}, {RTT_MS:g} ms RTT, {args.rate_mbit:g} Mbit/s, median of {args.runs}\n\n"
         table += markdown_table(header, table_rows(LINK_MODES, runs, "cold-nydusd"))
     print(table)
-    results = {"image": args.image, "rate_mbit": args.rate_mbit, "figures": probe.figures, "runs": runs}
+    results = {
+        "image": args.image, "rate_mbit": args.rate_mbit, "device_readahead_kb": args.device_readahead_kb,
+        "device_chunk_size": args.device_chunk_size,
+        "figures": probe.figures, "runs": runs,
+    }  # fmt: skip
     print(f"wrote {write_results('erofs_probe', results, table)}")
     return 0
 
