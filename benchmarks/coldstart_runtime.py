@@ -303,7 +303,8 @@ def is_mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def _unmount(path: Path) -> None:
+def unmount(path: Path) -> None:
+    """Unmount `path` if it is a mount; lazily if a plain unmount leaves it mounted (busy)."""
     if is_mounted(path):
         completed = subprocess.run(["umount", str(path)], capture_output=True, check=False)
         if completed.returncode != 0 and is_mounted(path):
@@ -321,7 +322,7 @@ def overlay_rootfs(lower: Path, work: Path) -> Iterator[Path]:
     try:
         yield merged
     finally:
-        _unmount(merged)
+        unmount(merged)
 
 
 @contextlib.contextmanager
@@ -352,4 +353,4 @@ def lazy_rootfs(nydusd_args: Sequence[str], work: Path, config: dict[str, object
             yield merged
     finally:
         stop_group(daemon)
-        _unmount(mountpoint)
+        unmount(mountpoint)

@@ -61,6 +61,7 @@ from benchmarks.coldstart_runtime import (
     overlay_rootfs,
     registry_client,
     run_container,
+    unmount,
     unpack_layer,
 )
 from benchmarks.coldstart_services import Network, network, stop_group
@@ -81,13 +82,6 @@ MS_RDONLY = 1
 
 class ProbeError(RuntimeError):
     """A tool or kernel feature the probe needs is missing; the message says which."""
-
-
-def unmount(path: Path) -> None:
-    if is_mounted(path):
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
-        if is_mounted(path):
-            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
 def mount_erofs(image: Path, target: Path, device: Path) -> None:
