@@ -76,7 +76,7 @@ class _Job:
 
 
 @dataclass(eq=False)
-class _Flight:
+class Flight:
     """One chunk being fetched; `result` is set before `done` fires."""
 
     job: _Job
@@ -180,7 +180,7 @@ class ChunkSource:
         self.along: Callable[[list[ChunkRequest]], list[ChunkRequest]] = lambda misses: []
         self._queues = _JobQueues()
         self._pacer = _Pacer(bandwidth_rate)
-        self._flights: dict[ChunkKey, _Flight] = {}
+        self._flights: dict[ChunkKey, Flight] = {}
         self._fetch_limiter = trio.CapacityLimiter(self.fetch_workers)
         self._cache_limiter = trio.CapacityLimiter(cache_threads)
         self._nursery: trio.Nursery | None = None
@@ -281,7 +281,7 @@ class ChunkSource:
 
     # -- wanting chunks ---------------------------------------------------------------------------
 
-    def want(self, requests: Iterable[ChunkRequest], priority: Priority) -> list[_Flight]:
+    def want(self, requests: Iterable[ChunkRequest], priority: Priority) -> list[Flight]:
         """Queue the absent ones of `requests` for fetching in the background; their flights.
 
         Nobody waits for them yet, so their failures are nobody's error (all are optional).
@@ -291,23 +291,28 @@ class ChunkSource:
 
     def _enqueue(
         self, requests: Sequence[ChunkRequest], priority: Priority, optional: set[ChunkKey], limit: int
-    ) -> list[_Flight]:
+    ) -> list[Flight]:
         """Claim a flight for each of `requests` (none in flight) and queue them in runs of at most `limit`."""
-        flights: list[_Flight] = []
+        flights: list[Flight] = []
         for run in merge_ranges(requests, limit):
             job = _Job(run, priority, {request.key for request in run if request.key in optional})
             for request in run:
-                flight = self._flights[request.key] = _Flight(job)
+                flight = self._flights[request.key] = Flight(job)
                 flights.append(flight)
             self._queues.put(job)
         return flights
 
     async def fetch(self, requests: Iterable[ChunkRequest], priority: Priority) -> int:
         """Fetch the absent ones of `requests` at `priority` and wait for them; how many failed."""
-        flights = self.want(requests, priority)
+        return await self.settle(self.want(requests, priority))
+
+    async def settle(self, flights: Iterable[Flight]) -> int:
+        """Wait for `flights` (from `want`) to land; how many failed."""
+        failed = 0
         for flight in flights:
             await flight.done.wait()
-        return sum(1 for flight in flights if isinstance(flight.result, NydusError))
+            failed += isinstance(flight.result, NydusError)
+        return failed
 
     def pending_count(self) -> int:
         """Jobs waiting for a worker, of every priority."""
@@ -392,7 +397,7 @@ class ChunkSource:
         fetch carried it optionally and failed is fetched again, now as this reader's own.
         """
         unique = list({request.key: request for request in requests}.values())
-        flights: dict[ChunkKey, _Flight] = {}
+        flights: dict[ChunkKey, Flight] = {}
         unclaimed: list[ChunkRequest] = []
         for request in unique:
             flight = self._flights.get(request.key)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
+from pytest import MonkeyPatch
 
+from daemon import prefetch
 from daemon.chunks import ChunkSource
 from daemon.prefetch import Prefetcher
 from daemon.reader import FileReader
@@ -18,6 +21,7 @@ from daemon.storage.localfs import LocalFsBackend
 from rafs import layout
 from rafs.bootstrap import Bootstrap
 from rafs.mapped import open_bootstrap
+from rafs.pathlist import PrefetchEntry
 from tests.daemon.images import build_image
 from tests.daemon.sources import make_source, running
 
@@ -179,3 +183,59 @@ def test_a_small_file_is_fetched_whole_on_its_first_open(tmp_path: Path) -> None
     assert trio.run(main) == files["big"][60 * CHUNK : 61 * CHUNK]
     assert backend.reads == [(bootstrap.chunks(big)[0].compressed_offset, 64 * CHUNK)], "the whole file, at once"
     assert chunks.stats.promoted_jobs == 1, "the read moved the queued file to the front"
+
+
+class TakenCounter(list[PrefetchEntry]):
+    """A prefetch list that counts the entries taken from it so far."""
+
+    taken = 0
+
+    def __iter__(self) -> Iterator[PrefetchEntry]:
+        for entry in super().__iter__():
+            self.taken += 1
+            yield entry
+
+
+class TakenAtRead(LocalFsBackend):
+    """Logs each range read with how many prefetch entries had been taken when it started."""
+
+    def __init__(self, directory: str, entries: TakenCounter) -> None:
+        super().__init__(directory)
+        self.entries = entries
+        self.reads: list[tuple[int, int]] = []  # (offset, entries taken)
+        self.lock = threading.Lock()
+
+    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        with self.lock:
+            self.reads.append((offset, self.entries.taken))
+        return super().read_range(blob_id, offset, length)
+
+
+def test_prefetch_sends_its_first_requests_before_the_rest_is_planned(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """Planning looks every listed file up (and verifies it): on a large image that takes a
+    while, so the first batch goes out before the next one is planned."""
+    source = tmp_path / "src"
+    source.mkdir()
+    names = [f"f{number:02}" for number in range(40)]
+    for position, name in enumerate(names):
+        (source / name).write_bytes(bytes([position + 1]) * 1000)  # none all zeros (not stored)
+    image = build_image(str(source), str(tmp_path / "image"), chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE)
+    bootstrap = open_bootstrap(image.bootstrap)
+    monkeypatch.setattr(prefetch, "FIRST_BATCH", 2)
+    monkeypatch.setattr(prefetch, "BATCH", 5)
+    listed = list(reversed(names))  # not blob order: the order must come from the list
+    entries = TakenCounter(PrefetchEntry(b"/" + name.encode()) for name in listed)
+    backend = TakenAtRead(image.blob_dir, entries)
+    chunks, _ = make_source(bootstrap, backend, MemoryChunkCache(), fetch_workers=1, merging_size=1)
+    prefetcher = Prefetcher(chunks, files=entries, prefetch_all=False)
+
+    async def main() -> None:
+        async with running(chunks):
+            await prefetcher.run()
+
+    trio.run(main)
+    assert prefetcher.stats.chunks == len(names) and prefetcher.stats.errors == 0
+    offsets = {name: bootstrap.chunks(inode(bootstrap, name))[0].compressed_offset for name in names}
+    assert [offset for offset, _ in backend.reads] == [offsets[name] for name in listed], "once each, in list order"
+    first_taken = backend.reads[0][1]
+    assert first_taken < len(names), f"the first request waited for all {first_taken} entries to be planned"
