@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -68,8 +67,10 @@ from benchmarks.coldstart_services import Network, network, stop_group
 from benchmarks.coldstart_timeline import read_timeline, summarise
 from benchmarks.common import markdown_table, write_results
 from builder.options import chunk_size
+from daemon.erofs_mount import mount_erofs
 from daemon.mountpoint import mounts_at
 from daemon.serve import MAX_READ_BYTES
+from rafs.errors import MountError
 from rafs.oci import ImageReference
 
 MODES = ("local-disk", "nydusd", "erofs-nydusd", "erofs-local")
@@ -77,21 +78,10 @@ LINK_MODES = ("cold-nydusd", "cold-erofs", "trace-nydusd", "trace-erofs")
 RTT_MS = 20.0
 CHUNK_SIZE = 1 << 20  # the same as the nydus images'
 MOUNT_TIMEOUT_S = 30.0
-MS_RDONLY = 1
 
 
 class ProbeError(RuntimeError):
     """A tool or kernel feature the probe needs is missing; the message says which."""
-
-
-def mount_erofs(image: Path, target: Path, device: Path) -> None:
-    """mount(2) of an EROFS image file, file-backed: `mount(8)` would put it on a loop device,
-    whose `device=` must then be a block device too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    options = f"device={device}".encode()
-    if libc.mount(str(image).encode(), str(target).encode(), b"erofs", MS_RDONLY, options) != 0:
-        error = ctypes.get_errno()
-        raise ProbeError(f"mount -t erofs {image} (file-backed, device={device}): {os.strerror(error)}")
 
 
 def set_readahead(mountpoint: Path, kilobytes: int) -> None:
@@ -110,7 +100,7 @@ def set_readahead(mountpoint: Path, kilobytes: int) -> None:
 @contextmanager
 def erofs_rootfs(image: Path, device: Path, target: Path) -> Iterator[Path]:
     target.mkdir(parents=True, exist_ok=True)
-    mount_erofs(image, target, device)
+    mount_erofs(str(image), str(target), str(device))
     try:
         yield target
     finally:
@@ -361,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                         for mode in LINK_MODES:
                             runs[mode].append(probe.start(mode, Path(temp) / f"run-{mode}", net))
                             print(f"  {args.image} {mode} run {number + 1}: {runs[mode][-1]}", flush=True)
-        except ProbeError as error:
+        except (ProbeError, MountError) as error:
             print(f"erofs_probe: {error}", file=sys.stderr)
             return 1
     header = [

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from builder import describe, unpack, verify
 from builder.build import SOURCE_TYPES, BuildOptions, build, merge
+from builder.export import export_block
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
 from rafs import layout
 from rafs.blob import COMPRESSORS_BY_NAME, DIGESTERS_BY_NAME
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     stat_cmd = commands.add_parser("stat", help="sizes, counts, dedup and compression ratios")
     stat_cmd.add_argument("--bootstrap", "-B", required=True)
     stat_cmd.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="--block: write the image as one EROFS file (mount -t erofs)")
+    export.add_argument("--block", action="store_true", required=True, help="an EROFS image, metadata and data")
+    export.add_argument("--bootstrap", "-B", required=True)
+    export.add_argument("--blob-dir", "-D", required=True)
+    export.add_argument("--output", "-O", "-o", required=True, help="the image file to write")
 
     unpack = commands.add_parser("unpack", help="write the tree to a directory or a tar file")
     unpack.add_argument("--bootstrap", "-B", required=True)
@@ -148,6 +155,11 @@ def run(arguments: argparse.Namespace) -> int:
                     print(f"{key:>26}: {value}")
             for blob in figures["blobs"]:  # type: ignore[attr-defined]
                 print(f"{'blob':>26}: {blob['id']} {blob['compressed_size']} bytes, {blob['chunks']} chunks")
+        return 0
+    if arguments.command == "export":
+        _require_parent_directories(arguments, "--output")
+        size = export_block(bootstrap, arguments.blob_dir, arguments.output)
+        print(f"{arguments.output}: EROFS image of {size} bytes")
         return 0
     if arguments.command == "unpack":
         if arguments.output.endswith(".tar"):
