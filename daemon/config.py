@@ -32,6 +32,7 @@ from rafs.oci import ImageReference, InvalidReference
 BACKEND_TYPES = ("localfs", "http", "registry")
 CACHE_TYPES = ("blobcache", "")
 MODES = ("direct", "cached")
+FS_DRIVERS = ("fusedev", "erofs")
 HTTP_KEYS = ("timeout", "connect_timeout", "min_transfer_rate", "retry_limit", "skip_verify", "headers")
 REGISTRY_KEYS = ("scheme", "host", "repo", "auth", "registry_token", "mirrors", "proxy", "bootstrap_size_limit")
 MIRROR_KEYS = (
@@ -95,6 +96,9 @@ class DaemonConfig:
     backend: BackendConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
     mode: str = "direct"
+    # "fusedev": nydusd answers every FUSE request of the tree; "erofs": the kernel's EROFS serves
+    # the tree from metadata nydusd writes at mount, nydusd only the data device (`daemon.erofs_device`).
+    fs_driver: str = "fusedev"
     # Chunks are verified when they enter the cache; true re-hashes every cache hit as well.
     digest_validate: bool = False
     iostats_files: bool = False  # per-file counters (`/api/v1/metrics/files`)
@@ -254,6 +258,7 @@ def _readahead(fields: Fields) -> ReadaheadConfig:
 TOP_KEYS = (
     "device",
     "mode",
+    "fs_driver",
     "digest_validate",
     "iostats_files",
     "access_pattern",
@@ -280,6 +285,7 @@ def parse_config(data: object) -> DaemonConfig:
         backend=_backend(backend),
         cache=_cache(device.object("cache", ("type", "compressed", "config"))),
         mode=top.str("mode", "direct", MODES),
+        fs_driver=top.str("fs_driver", "fusedev", FS_DRIVERS),
         digest_validate=top.bool("digest_validate", False),
         iostats_files=top.bool("iostats_files", False),
         access_pattern=top.bool("access_pattern", False),

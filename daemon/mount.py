@@ -94,6 +94,7 @@ class ImageMount:
     backend: BlobBackend
     cache: ChunkCache
     chunks: ChunkSource
+    readahead: Readahead
     operations: MeteredOperations
     metrics: FsMetrics
     backend_metrics: BackendMetrics
@@ -285,7 +286,8 @@ def open_image(
         trace=trace,
     )
     return ImageMount(
-        source, config, options, bootstrap, metered, cache, chunks, operations, metrics, backend_metrics, trace,
+        source, config, options, bootstrap, metered, cache, chunks, readahead, operations, metrics, backend_metrics,
+        trace,
         health_checks=inner.health_checks() if isinstance(inner, HealthChecked) else (),
         mirror_warming=inner if isinstance(inner, MirrorWarming) else None,
     )  # fmt: skip

@@ -28,6 +28,7 @@ import trio
 
 from daemon.apiserver import ApiError, ApiSocket, serve_api
 from daemon.config import DaemonConfig, parse_config
+from daemon.erofs_device import ErofsServing
 from daemon.metrics import ErrorEvents, Inflight
 from daemon.mount import ImageMount, MountOptions, open_image
 from daemon.mountpoint import mounts_at, prepare_mountpoint
@@ -200,6 +201,8 @@ class Daemon:
         """In a worker thread: the image opened, and its backend asked for one blob's size so
         that an unreachable backend fails the mount, not the container's first read."""
         config = self._mount_config(config_text)
+        if config.fs_driver != "fusedev":
+            raise ConfigError(f"fs_driver {config.fs_driver!r} serves one image a daemon (--bootstrap or --image)")
         options = MountOptions(id=mountpoint, prefetch_files=prefetch_files, ino_base=slot << SLOT_SHIFT)
         mount = open_image(source, config, options, self.inflight)
         try:
@@ -282,44 +285,74 @@ async def serve(
     api_socket = ApiSocket.bind(options.apisock) if options.apisock else None
     logging.getLogger().addHandler(daemon.events)
     mounted = False
+    erofs: ErofsServing | None = None
+    failure: NydusError | None = None  # what stopped the EROFS mount
     mountpoint = os.path.abspath(options.mountpoint)
     try:
         # Everything that can fail is done before the nursery, so it fails as itself, not in a group.
         single = daemon.open_single(backend, timeline) if daemon.shared is None else None
         operations: pyfuse3.Operations
-        if single is not None:
+        fuse_at = mountpoint  # where the FUSE mount goes: the mountpoint, or EROFS's device directory
+        if single is not None and single.config.fs_driver == "erofs":
+            assert options.bootstrap is not None
+            erofs = ErofsServing(options.bootstrap, single, mountpoint, timeline)
+            operations, fuse_at = erofs.operations, erofs.device_dir
+        elif single is not None:
             operations = single.operations
         else:
             assert daemon.shared is not None
             operations = daemon.shared
-        prepare_mountpoint(mountpoint)
-        pyfuse3.init(operations, mountpoint, mount_options(options.allow_other))
+        prepare_mountpoint(fuse_at)
+        if erofs is not None:
+            erofs.clear_stale()
+            prepare_mountpoint(mountpoint)
+        pyfuse3.init(operations, fuse_at, mount_options(options.allow_other))
         mounted = True
-        if timeline is not None:
-            timeline.mounted()
-        if single is not None:
-            log.info("mounted %s at %s (%d inodes, %d blobs)", options.bootstrap, mountpoint,
-                     single.bootstrap.inode_count, len(single.bootstrap.blobs))  # fmt: skip
-        else:
-            log.info("serving an empty root at %s (shared mode: images are mounted through the API)", mountpoint)
         if options.failover_policy != "none":
             log.debug("failover policy %s: applies to takeover, which this daemon does not do", options.failover_policy)
         async with trio.open_nursery() as nursery:
             daemon.nursery = nursery
+
+            async def answer_fuse_requests() -> None:
+                await pyfuse3.main(max_tasks=options.fuse_tasks)
+                nursery.cancel_scope.cancel()
+
             if single is not None:
                 await nursery.start(single.run)
-            daemon.state = "RUNNING"
-            if api_socket is not None:
-                nursery.start_soon(serve_api, api_socket, Api(daemon).handle)
-            task_status.started()
-            nursery.start_soon(daemon.stop_when_asked, nursery.cancel_scope)
-            nursery.start_soon(partial(trio.to_thread.run_sync, raise_readahead, mountpoint, abandon_on_cancel=True))
-            await pyfuse3.main(max_tasks=options.fuse_tasks)
-            nursery.cancel_scope.cancel()
+            nursery.start_soon(answer_fuse_requests)
+            if erofs is not None:  # the kernel opens the device while mounting: FUSE must be answering
+                try:
+                    await trio.to_thread.run_sync(erofs.mount)
+                except NydusError as error:  # raised as itself once the nursery has wound down
+                    failure = error
+                    nursery.cancel_scope.cancel()
+            if failure is None:  # mounted: say so, and start what serves beside the FUSE loop
+                if timeline is not None:
+                    timeline.mounted()
+                if single is not None:
+                    log.info("mounted %s at %s (%d inodes, %d blobs%s)", options.bootstrap, mountpoint,
+                             single.bootstrap.inode_count, len(single.bootstrap.blobs),
+                             ", EROFS over the device at " + fuse_at if erofs is not None else "")  # fmt: skip
+                else:
+                    log.info(
+                        "serving an empty root at %s (shared mode: images are mounted through the API)", mountpoint
+                    )
+                daemon.state = "RUNNING"
+                if api_socket is not None:
+                    nursery.start_soon(serve_api, api_socket, Api(daemon).handle)
+                task_status.started()
+                nursery.start_soon(daemon.stop_when_asked, nursery.cancel_scope)
+                nursery.start_soon(partial(trio.to_thread.run_sync, raise_readahead, fuse_at, abandon_on_cancel=True))
+        if failure is not None:
+            raise failure
     finally:
         daemon.state = "STOPPED"
+        if erofs is not None:
+            erofs.unmount()
         if mounted:
             pyfuse3.close(unmount=True)
+        if erofs is not None:
+            erofs.close()
         stats = {mount_id: mount.chunks.stats for mount_id, mount in daemon.mounts.items()}
         daemon.close_all()
         if api_socket is not None:

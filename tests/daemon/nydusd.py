@@ -30,8 +30,10 @@ requires_fuse = pytest.mark.skipif(
 )
 
 
-def is_mounted(mountpoint: str) -> bool:
-    return any(entry.fstype.startswith("fuse") for entry in mounts_at(mountpoint))
+def is_mounted(mountpoint: str, fstype: str = "fuse") -> bool:
+    """Whether a mount of `fstype` ("fuse" matches every FUSE mount, "erofs" nydusd's EROFS
+    driver) is at `mountpoint`."""
+    return any(entry.fstype.startswith(fstype) for entry in mounts_at(mountpoint))
 
 
 def answers(mountpoint: str) -> bool:
@@ -45,9 +47,9 @@ def answers(mountpoint: str) -> bool:
 
 
 def force_unmount(mountpoint: str) -> None:
-    """Detach every FUSE mount stacked on `mountpoint` (lazily, so a busy one cannot block)."""
+    """Detach every mount stacked on `mountpoint` (lazily, so a busy one cannot block)."""
     for _ in range(16):
-        if not is_mounted(mountpoint):
+        if not mounts_at(mountpoint):
             return
         subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
 
@@ -107,9 +109,10 @@ def start_daemon(
     command: Sequence[str] = NYDUSD,
     extra: Sequence[str] = (),
     timeout_s: float = 30.0,
+    fstype: str = "fuse",
 ) -> Daemon:
     """Run nydusd on `source` (`--bootstrap F --config C`, `--image REF ...`) and return once its
-    mount answers; raise with its log if it does not."""
+    mount (of `fstype`) answers; raise with its log if it does not."""
     os.makedirs(mountpoint, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -126,7 +129,10 @@ def start_daemon(
         # statfs first, then the mount table: the other order races with the daemon clearing a
         # stale mount (the table still lists it, then statfs is answered by the bare directory
         # in the instant before the new mount), and returned before anything was mounted.
-        if answers(mountpoint) and is_mounted(mountpoint):
+        # An EROFS mount left by a killed daemon answers statfs like a live one (the kernel serves
+        # it; only reads fail): for it, the daemon's own word that it mounted is waited for too.
+        said = fstype != "erofs" or "daemon.serve: mounted" in daemon.log()
+        if answers(mountpoint) and is_mounted(mountpoint, fstype) and said:
             return daemon
         time.sleep(0.02)
     daemon.stop(signal.SIGKILL)
@@ -143,10 +149,11 @@ def start_nydusd(
     command: Sequence[str] = NYDUSD,
     extra: Sequence[str] = (),
     timeout_s: float = 30.0,
+    fstype: str = "fuse",
 ) -> Daemon:
     """`nydusd --bootstrap` running and mounted."""
     source = ["--bootstrap", bootstrap, "--config", config]
-    return start_daemon(source, mountpoint, log_path, command=command, extra=extra, timeout_s=timeout_s)
+    return start_daemon(source, mountpoint, log_path, command=command, extra=extra, timeout_s=timeout_s, fstype=fstype)
 
 
 @contextmanager
@@ -158,9 +165,10 @@ def mounted(
     *,
     command: Sequence[str] = NYDUSD,
     extra: Sequence[str] = (),
+    fstype: str = "fuse",
 ) -> Iterator[Daemon]:
     """A running, mounted daemon for the `with` body; stopped and unmounted on every exit."""
-    daemon = start_nydusd(bootstrap, mountpoint, config, log_path, command=command, extra=extra)
+    daemon = start_nydusd(bootstrap, mountpoint, config, log_path, command=command, extra=extra, fstype=fstype)
     try:
         yield daemon
     finally:
