@@ -18,7 +18,10 @@ to the exit of the image's workload run with `runc`:
   shaper, with an empty cache, under a writable overlay, and run;
 - `lazy-prefetch`: the same, with the image rebuilt with the files the first run read, in order,
   as its prefetch list;
-- `lazy-warm`: the same as `lazy-cold` with the chunk cache filled by an earlier run.
+- `lazy-warm`: the same as `lazy-cold` with the chunk cache filled by an earlier run;
+- `erofs-cold`, `erofs-prefetch`, `erofs-warm`: the three lazy modes with nydusd's
+  `"fs_driver": "erofs"` (the kernel's EROFS serves the tree, nydusd its data device). A warm
+  host has the EROFS metadata from its earlier run; a cold one writes it at mount.
 
 Per run it records the phases (daemon exec, mounted, first FUSE read, workload exit), the bytes,
 HTTP requests and most requests in flight the shaper saw, the shaper's bytes over time, and, from
@@ -74,8 +77,13 @@ from rafs import oci
 from rafs.oci import ImageReference
 from rafs.pathlist import read_prefetch_entries
 
-MODES = ("oci", "local-disk", "lazy-cold", "lazy-prefetch", "lazy-warm")
-LAZY_MODES = ("lazy-cold", "lazy-prefetch", "lazy-warm")
+MODES = ("oci", "local-disk", "lazy-cold", "lazy-prefetch", "lazy-warm", "erofs-cold", "erofs-prefetch", "erofs-warm")
+LAZY_MODES = ("lazy-cold", "lazy-prefetch", "lazy-warm", "erofs-cold", "erofs-prefetch", "erofs-warm")
+EROFS_MODES = {
+    "erofs-cold": "lazy-cold",
+    "erofs-prefetch": "lazy-prefetch",
+    "erofs-warm": "lazy-warm",
+}  # the same with fs_driver erofs
 QUICK_IMAGE = "debian-base"
 OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
 
@@ -83,7 +91,9 @@ OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
 # ---- configs
 
 
-def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch: bool) -> dict[str, object]:
+def registry_backend_config(
+    host: str, repository: str, cache_dir: str, prefetch: bool, fs_driver: str = "fusedev"
+) -> dict[str, object]:
     """nydusd's config for blobs from `host` (plain HTTP), chunks cached in `cache_dir`.
 
     Only what the case needs is set, so that the daemon's defaults (concurrency, merging,
@@ -97,6 +107,8 @@ def registry_backend_config(host: str, repository: str, cache_dir: str, prefetch
     }
     if prefetch:
         config["fs_prefetch"] = {"enable": True}
+    if fs_driver != "fusedev":
+        config["fs_driver"] = fs_driver
     return config
 
 
@@ -221,13 +233,13 @@ def local_disk_start(image: Prepared, work: Path) -> Start:
 
 def lazy_start(
     shaper: Shaper, image: Prepared, tag: str, work: Path, cache_dir: Path,
-    *, prefetch: bool = False, extra_args: tuple[str, ...] = (),
+    *, prefetch: bool = False, extra_args: tuple[str, ...] = (), fs_driver: str = "fusedev",
 ) -> Start:  # fmt: skip
     """A start of the lazy image `tag`: nydusd (+ overlay) then the workload. The host's state is
     `cache_dir` (chunks and bootstrap): empty for a cold start, kept from a first run for a warm one."""
 
     def start(phases: Phases) -> DaemonRecord:
-        config = registry_backend_config(shaper.host, image.repository, str(cache_dir), prefetch)
+        config = registry_backend_config(shaper.host, image.repository, str(cache_dir), prefetch, fs_driver)
         # nydusd fetches manifest and bootstrap itself (keeping it in its cache)
         args = ["--image", f"{shaper.host}/{image.repository}:{tag}"]
         timeline_path = work / "timeline.json"
@@ -248,18 +260,20 @@ def lazy_start(
 
 def run_mode(shaper: Shaper, image: Prepared, mode: str, work: Path) -> RunRecord:
     """One measured start of `image` in `mode` over `shaper`'s link; its work directory removed after."""
+    fs_driver = "erofs" if mode in EROFS_MODES else "fusedev"
+    lazy_mode = EROFS_MODES.get(mode, mode)
     try:
         if mode == BASELINE:
             start = oci_start(shaper, image, work)
         elif mode == "local-disk":
             start = local_disk_start(image, work)
-        elif mode == "lazy-warm":
+        elif lazy_mode == "lazy-warm":
             assert image.warm_dir is not None
-            start = lazy_start(shaper, image, NYDUS_TAG, work, image.warm_dir / "cache")
-        elif mode == "lazy-prefetch":
-            start = lazy_start(shaper, image, PREFETCH_TAG, work, work / "cache", prefetch=True)
+            start = lazy_start(shaper, image, NYDUS_TAG, work, image.warm_dir / "cache", fs_driver=fs_driver)
+        elif lazy_mode == "lazy-prefetch":
+            start = lazy_start(shaper, image, PREFETCH_TAG, work, work / "cache", prefetch=True, fs_driver=fs_driver)
         else:
-            start = lazy_start(shaper, image, NYDUS_TAG, work, work / "cache")
+            start = lazy_start(shaper, image, NYDUS_TAG, work, work / "cache", fs_driver=fs_driver)
         return measure(shaper, start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -269,6 +283,10 @@ def prepare_hosts(net: Network, image: Prepared, modes: list[str], work: Path) -
     """Unmeasured first runs and setup: the access trace for `lazy-prefetch`, the filled cache
     for `lazy-warm` (both over the first link), the unpacked rootfs for `local-disk`."""
     shaper = net.shapers[0]
+    if "erofs-prefetch" in modes and "lazy-prefetch" not in modes:
+        modes = [*modes, "lazy-prefetch"]  # one trace, one rebuilt image for both drivers
+    if "erofs-warm" in modes and "lazy-warm" not in modes:
+        modes = [*modes, "lazy-warm"]
     if "lazy-prefetch" in modes:
         trace = work / "trace.txt"
         start = lazy_start(
@@ -289,6 +307,10 @@ def prepare_hosts(net: Network, image: Prepared, modes: list[str], work: Path) -
         start = lazy_start(shaper, image, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
         start(Phases())
         shutil.rmtree(work / "warm-run", ignore_errors=True)
+        if "erofs-warm" in modes:  # the host ran the image with the EROFS driver before: its metadata is kept
+            start = lazy_start(shaper, image, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache", fs_driver="erofs")
+            start(Phases())
+            shutil.rmtree(work / "warm-run", ignore_errors=True)
     if "local-disk" in modes:
         image.local_rootfs = work / "local-rootfs"
         image.local_rootfs.mkdir(parents=True)

@@ -33,13 +33,19 @@ MODE_LABELS = {
     "lazy-cold": "lazy, cold",
     "lazy-prefetch": "lazy, cold + trace prefetch",
     "lazy-warm": "lazy, warm cache",
+    "erofs-cold": "EROFS driver, cold",
+    "erofs-prefetch": "EROFS driver, cold + trace prefetch",
+    "erofs-warm": "EROFS driver, warm cache",
 }
 MODE_COLOURS = {
     "oci": "tab:gray",
-    "local-disk": "tab:olive",
+    "local-disk": "tab:brown",
     "lazy-cold": "tab:blue",
     "lazy-prefetch": "tab:green",
     "lazy-warm": "tab:purple",
+    "erofs-cold": "tab:cyan",
+    "erofs-prefetch": "tab:olive",
+    "erofs-warm": "tab:pink",
 }
 MiB = 1 << 20
 

@@ -299,6 +299,10 @@ def test_config_leaves_the_daemons_defaults_alone() -> None:
     assert coldstart.registry_backend_config("127.0.0.1:1", "repo", "/cache", prefetch=True)["fs_prefetch"] == {
         "enable": True
     }
+    assert "fs_driver" not in cold
+    assert (
+        coldstart.registry_backend_config("h:1", "r", "/c", prefetch=False, fs_driver="erofs")["fs_driver"] == "erofs"
+    )
 
 
 def test_large_image_is_layered_like_a_real_one() -> None:
@@ -354,6 +358,7 @@ def test_quick_run_measures_honest_bytes(tmp_path: Path) -> None:
         assert run["events"]["mounted"] == pytest.approx(daemon["mounted_s"], abs=1e-3), mode
     assert image["trace_files"] > 0  # the prefetch list came from a real access trace
     assert cases["lazy-warm"]["median_bytes_down"] < cases["lazy-cold"]["median_bytes_down"]
+    assert cases["erofs-warm"]["median_bytes_down"] < cases["erofs-cold"]["median_bytes_down"]
     # the registry and the shaper stopped with the run: their ports refuse connections
     addresses = re.search(r"registry (127\.0\.0\.1:\d+), shapers (127\.0\.0\.1:\d+)", completed.stdout)
     assert addresses is not None, completed.stdout
