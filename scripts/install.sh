@@ -8,7 +8,7 @@ packages=(
   python3 python3-venv python3-dev gcc pkg-config   # a Python to build the venv and compile pyfuse3/cffi
   fuse3 libfuse3-dev                                # FUSE mounts (nydusd)
   libzstd-dev zstd                                  # the native hot path links libzstd
-  squashfs-tools squashfuse erofs-utils             # baselines and the EROFS probe in benchmarks/
+  squashfs-tools squashfuse erofs-utils             # baselines in benchmarks/; fsck.erofs checks exported images
   runc                                              # containers on the mount
   docker-registry apache2-utils                     # the real registry (and htpasswd) the tests start
   busybox-static                                    # the built-in example image
