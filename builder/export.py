@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from builder.verify import BlobFiles, verify_all
 from rafs.bootstrap import Bootstrap
-from rafs.erofs import BLOCK, DeviceMap, write_erofs
+from rafs.erofs import BLOCK, DeviceMap, layout_tag, write_erofs
 from rafs.outputs import atomic_file
 
 
@@ -17,7 +17,7 @@ def export_block(bootstrap: Bootstrap, blob_dir: str, output: str) -> int:
     """Write the EROFS image of `bootstrap` (chunks from `blob_dir`) to `output`; its size."""
     verify_all(bootstrap)
     device = DeviceMap(bootstrap)
-    metadata = write_erofs(bootstrap, device, data_device=0)
+    metadata = write_erofs(bootstrap, device, data_device=0, tag=layout_tag(bytes(bootstrap.buffer)))
     files = BlobFiles(bootstrap, blob_dir)
     try:
         with atomic_file(output) as out:

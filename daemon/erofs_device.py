@@ -38,7 +38,7 @@ from daemon.readahead import Readahead
 from daemon.timeline import Timeline
 from daemon.trace import AccessTrace
 from rafs.bootstrap import Bootstrap
-from rafs.erofs import DeviceMap, write_erofs
+from rafs.erofs import DeviceMap, layout_tag, read_tag, write_erofs
 from rafs.errors import MountError, NydusError
 from rafs.outputs import atomic_file
 from rafs.records import ChunkSlice
@@ -50,19 +50,18 @@ DEVICE_INO = pyfuse3.ROOT_INODE + 1
 TIMEOUT_S = float(1 << 32)  # nothing under this mount ever changes
 
 
-def metadata_path(bootstrap_path: str, work_dir: str) -> str:
-    """Where the EROFS metadata of `bootstrap_path` is kept in `work_dir`: named by the blake3
-    of the bootstrap's bytes, and written whole or not at all (`write_metadata`), so a file
-    found there is the metadata of exactly this bootstrap."""
+def metadata_path(bootstrap_path: str, work_dir: str) -> tuple[str, bytes]:
+    """Where the EROFS metadata of `bootstrap_path` is kept in `work_dir` (named by the blake3 of
+    the bootstrap's bytes), and the `layout_tag` it must carry to be used."""
     with open(bootstrap_path, "rb") as file:
-        digest = blake3.blake3(file.read()).hexdigest()
-    return os.path.join(work_dir, f"{digest}.erofs")
+        data = file.read()
+    return os.path.join(work_dir, f"{blake3.blake3(data).hexdigest()}.erofs"), layout_tag(data)
 
 
-def write_metadata(bootstrap: Bootstrap, device: DeviceMap, path: str) -> None:
+def write_metadata(bootstrap: Bootstrap, device: DeviceMap, path: str, tag: bytes) -> None:
     """Write the EROFS metadata naming `device` as its extra device to `path` (atomically)."""
     with atomic_file(path) as file:
-        file.write(write_erofs(bootstrap, device, data_device=1))
+        file.write(write_erofs(bootstrap, device, data_device=1, tag=tag))
 
 
 class ChunkOwners:
@@ -218,7 +217,14 @@ class ErofsServing:
     """One image served the EROFS way: its metadata file, the private directory where the
     device is mounted over FUSE, and the EROFS mount on the caller's mountpoint."""
 
-    def __init__(self, bootstrap_path: str, mount: ImageMount, mountpoint: str, timeline: Timeline | None) -> None:
+    def __init__(
+        self,
+        bootstrap_path: str,
+        mount: ImageMount,
+        mountpoint: str,
+        timeline: Timeline | None,
+        shipped: str | None = None,
+    ) -> None:
         """Cheap (the device's layout, 0.06 s for 36,000 chunks); `mount` writes the metadata."""
         self.mountpoint = mountpoint
         self.bootstrap = mount.bootstrap
@@ -229,14 +235,19 @@ class ErofsServing:
         if not work_dir:
             work_dir = self.scratch = tempfile.mkdtemp(prefix="nydusd-erofs-")
         try:
-            self._prepare(bootstrap_path, mount, work_dir, timeline)
+            self._prepare(bootstrap_path, mount, work_dir, timeline, shipped)
         except BaseException:
             self.close()
             raise
 
-    def _prepare(self, bootstrap_path: str, mount: ImageMount, work_dir: str, timeline: Timeline | None) -> None:
+    def _prepare(
+        self, bootstrap_path: str, mount: ImageMount, work_dir: str, timeline: Timeline | None, shipped: str | None
+    ) -> None:
         self.device_map = DeviceMap(mount.bootstrap)
-        self.metadata = metadata_path(bootstrap_path, work_dir)
+        self.work_dir = os.path.abspath(work_dir)
+        self.metadata, self.tag = metadata_path(bootstrap_path, work_dir)
+        if shipped is not None and read_tag(shipped) == self.tag:
+            self.metadata = shipped  # written with the image by `nydusify convert`
         name = hashlib.sha256(os.fsencode(self.mountpoint)).hexdigest()[:16]
         self.device_dir = os.path.join(work_dir, f"erofs-device-{name}")
         os.makedirs(self.device_dir, exist_ok=True)
@@ -250,7 +261,7 @@ class ErofsServing:
         """After the device directory was cleared of a dead daemon's FUSE mount: its EROFS mount
         on the mountpoint (our metadata, now without a device) is cleared too."""
         for entry in reversed(mounts_at(self.mountpoint)):
-            if entry.fstype == "erofs" and os.path.dirname(entry.source) == os.path.dirname(self.metadata):
+            if entry.fstype == "erofs" and os.path.commonpath([entry.source, self.work_dir]) == self.work_dir:
                 log.warning("clearing the EROFS mount at %s left by a previous daemon", self.mountpoint)
                 unmount(self.mountpoint, lazy=True)
 
@@ -258,9 +269,9 @@ class ErofsServing:
         """Blocking, in a thread while the FUSE loop and the fetch workers run: write the metadata
         unless the work directory has it (1.3 s for a 40,000-file image, during which prefetch
         is already fetching), then mount; the kernel opens the device over FUSE."""
-        if not os.path.exists(self.metadata):
+        if read_tag(self.metadata) != self.tag:  # missing, or written for another layout
             started = time.monotonic()
-            write_metadata(self.bootstrap, self.device_map, self.metadata)
+            write_metadata(self.bootstrap, self.device_map, self.metadata, self.tag)
             log.info("wrote EROFS metadata %s in %.2f s", self.metadata, time.monotonic() - started)
         mount_erofs(self.metadata, self.mountpoint, self.device_file)
         self.mounted = True

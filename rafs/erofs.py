@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import blake3
+
 from rafs import layout
 from rafs.bootstrap import Bootstrap
 from rafs.errors import RafsError
@@ -69,6 +71,36 @@ _FILE_TYPES = {
 }
 _XATTR_WHOLE_NAMES = {b"system.posix_acl_access": 2, b"system.posix_acl_default": 3}
 _XATTR_PREFIXES = ((b"user.", 1), (b"trusted.", 4), (b"security.", 6))
+
+
+# What the superblock's UUID holds: `layout_tag` of the bootstrap the metadata was written from.
+# A reader uses a metadata file only if the tag is that of its own bootstrap, so a file written
+# for another bootstrap, or by a writer that lays the device out differently (bump the version
+# when the layout changes), is never paired with the wrong device: that would serve one chunk's
+# verified bytes in place of another's.
+LAYOUT_VERSION = b"nydus-py erofs layout 1\n"
+TAG_OFFSET = SUPERBLOCK_OFFSET + 48
+TAG_SIZE = 16
+
+
+def layout_tag(bootstrap_bytes: bytes) -> bytes:
+    """The tag of metadata written by this writer from the bootstrap `bootstrap_bytes`."""
+    return blake3.blake3(LAYOUT_VERSION + bootstrap_bytes).digest()[:TAG_SIZE]
+
+
+def read_tag(path: str) -> bytes | None:
+    """The tag in the EROFS metadata file at `path`; None if it is missing or not EROFS."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(SUPERBLOCK_OFFSET + _SUPERBLOCK.size)
+    except OSError:
+        return None
+    if (
+        len(head) < TAG_OFFSET + TAG_SIZE
+        or int.from_bytes(head[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + 4], "little") != MAGIC
+    ):
+        return None
+    return head[TAG_OFFSET : TAG_OFFSET + TAG_SIZE]
 
 
 class UnsupportedForErofs(RafsError):
@@ -305,10 +337,11 @@ def _encode_rdev(rdev: int) -> int:
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
-def write_erofs(bootstrap: Bootstrap, device: DeviceMap, *, data_device: int) -> bytes:
+def write_erofs(bootstrap: Bootstrap, device: DeviceMap, *, data_device: int, tag: bytes = bytes(TAG_SIZE)) -> bytes:
     """The EROFS image of `bootstrap` whose chunks lie on `device`: metadata only, naming one
     extra device (`data_device=1`), or metadata to which the caller appends the device's bytes
-    (`data_device=0`: blocks are then counted from the end of the metadata)."""
+    (`data_device=0`: blocks are then counted from the end of the metadata). `tag` (the
+    bootstrap's `layout_tag`) goes in the superblock's UUID."""
     if bootstrap.chunk_size < BLOCK:
         raise UnsupportedForErofs(f"chunk size {bootstrap.chunk_size:#x} is smaller than a {BLOCK}-byte block")
     if data_device not in (0, 1):
@@ -368,6 +401,6 @@ def write_erofs(bootstrap: Bootstrap, device: DeviceMap, *, data_device: int) ->
         image[slot_offset : slot_offset + _DEVICE_SLOT.size] = _DEVICE_SLOT.pack(b"", _blocks(device.size), 0)
     image[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + _SUPERBLOCK.size] = _SUPERBLOCK.pack(
         MAGIC, 0, 0, BLOCK_BITS, 0, nids[layout.ROOT_INO], len(items), 0, 0, total_blocks, 0, 0,
-        bytes(16), b"", features, 0, data_device, slot_offset // DEVICE_SLOT_SIZE, 0, 0, 0, 0, 0,
+        tag, b"", features, 0, data_device, slot_offset // DEVICE_SLOT_SIZE, 0, 0, 0, 0, 0,
     )  # fmt: skip
     return bytes(image)

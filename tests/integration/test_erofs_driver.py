@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.mountpoint import mounts_at
+from rafs.erofs import TAG_OFFSET, TAG_SIZE
 from tests.daemon.images import Image, build_image, synthetic_tree
 from tests.daemon.nydusd import Daemon, force_unmount, mounted, requires_fuse, start_nydusd, write_config
 from tests.reference import diff, snapshot_directory
@@ -64,6 +65,13 @@ def test_the_metadata_is_written_once_per_image(image: Image, tmp_path: Path) ->
         assert (tmp_path / "mnt" / "etc" / "passwd").read_bytes().startswith(b"root:")
         assert "wrote EROFS metadata" not in daemon.log()
     assert os.stat(work / written).st_mtime_ns == first.st_mtime_ns and os.listdir(work).count(written) == 1
+    # metadata whose layout tag is not this bootstrap's (another writer version) is written again
+    with open(work / written, "r+b") as file:
+        file.seek(TAG_OFFSET)
+        file.write(bytes(TAG_SIZE))
+    with mounted(image.bootstrap, str(tmp_path / "mnt"), config, str(tmp_path / "log3"), fstype="erofs") as daemon:
+        assert (tmp_path / "mnt" / "etc" / "passwd").read_bytes().startswith(b"root:")
+        assert "wrote EROFS metadata" in daemon.log()
 
 
 def test_a_damaged_chunk_is_an_error_never_wrong_bytes(tmp_path: Path) -> None:
