@@ -86,6 +86,7 @@ EROFS_MODES = {
 }  # the same with fs_driver erofs
 QUICK_IMAGE = "debian-base"
 OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
+EROFS_SUFFIX = "-erofs"  # the same conversions with `--erofs`, for the erofs-* modes
 
 
 # ---- configs
@@ -128,7 +129,9 @@ class Prepared:
     runs: dict[tuple[float, str], list[RunRecord]] = field(default_factory=dict)  # (rate, mode) -> runs
 
 
-def convert(net: Network, repository: str, target_tag: str, work: Path, prefetch_files: Path | None = None) -> float:
+def convert(
+    net: Network, repository: str, target_tag: str, work: Path, prefetch_files: Path | None = None, erofs: bool = False
+) -> float:
     """`nydusify convert` of the OCI image into `target_tag` (setup traffic, not through the shaper)."""
     argv = [
         "nydusify", "convert", "--source", f"{net.direct_host}/{repository}:{OCI_TAG}",
@@ -136,6 +139,8 @@ def convert(net: Network, repository: str, target_tag: str, work: Path, prefetch
     ]  # fmt: skip
     if prefetch_files is not None:
         argv += ["--prefetch-files", str(prefetch_files)]
+    if erofs:
+        argv += ["--erofs"]
     started = time.perf_counter()
     completed = subprocess.run(argv, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -154,8 +159,9 @@ def converted_sizes(net: Network, repository: str, tag: str) -> tuple[int, int]:
     return sum(image.blob_sizes), image.bootstrap_size
 
 
-def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
-    """Push `built` as an OCI image and convert it (both straight to the registry: setup, not measured)."""
+def prepare(net: Network, built: BuiltImage, work: Path, *, erofs: bool = False) -> Prepared:
+    """Push `built` as an OCI image and convert it (both straight to the registry: setup, not
+    measured); with `erofs`, also with `--erofs`, to the same tag with `EROFS_SUFFIX`."""
     repository = f"coldstart/{built.spec.name}"
     client = registry_client()
     try:
@@ -180,6 +186,9 @@ def prepare(net: Network, built: BuiltImage, work: Path) -> Prepared:
     record["convert_s"] = convert(net, repository, NYDUS_TAG, work / "convert")
     record["nydus_blob_bytes"], record["bootstrap_bytes"] = converted_sizes(net, repository, NYDUS_TAG)
     shutil.rmtree(work / "convert", ignore_errors=True)
+    if erofs:
+        convert(net, repository, NYDUS_TAG + EROFS_SUFFIX, work / "convert", erofs=True)
+        shutil.rmtree(work / "convert", ignore_errors=True)
     return Prepared(built, repository, record)
 
 
@@ -262,6 +271,7 @@ def run_mode(shaper: Shaper, image: Prepared, mode: str, work: Path) -> RunRecor
     """One measured start of `image` in `mode` over `shaper`'s link; its work directory removed after."""
     fs_driver = "erofs" if mode in EROFS_MODES else "fusedev"
     lazy_mode = EROFS_MODES.get(mode, mode)
+    suffix = EROFS_SUFFIX if mode in EROFS_MODES else ""
     try:
         if mode == BASELINE:
             start = oci_start(shaper, image, work)
@@ -269,11 +279,12 @@ def run_mode(shaper: Shaper, image: Prepared, mode: str, work: Path) -> RunRecor
             start = local_disk_start(image, work)
         elif lazy_mode == "lazy-warm":
             assert image.warm_dir is not None
-            start = lazy_start(shaper, image, NYDUS_TAG, work, image.warm_dir / "cache", fs_driver=fs_driver)
+            start = lazy_start(shaper, image, NYDUS_TAG + suffix, work, image.warm_dir / "cache", fs_driver=fs_driver)
         elif lazy_mode == "lazy-prefetch":
-            start = lazy_start(shaper, image, PREFETCH_TAG, work, work / "cache", prefetch=True, fs_driver=fs_driver)
+            tag = PREFETCH_TAG + suffix
+            start = lazy_start(shaper, image, tag, work, work / "cache", prefetch=True, fs_driver=fs_driver)
         else:
-            start = lazy_start(shaper, image, NYDUS_TAG, work, work / "cache", fs_driver=fs_driver)
+            start = lazy_start(shaper, image, NYDUS_TAG + suffix, work, work / "cache", fs_driver=fs_driver)
         return measure(shaper, start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -301,14 +312,18 @@ def prepare_hosts(net: Network, image: Prepared, modes: list[str], work: Path) -
         shutil.rmtree(work / "trace-cache", ignore_errors=True)
         convert(net, image.repository, PREFETCH_TAG, work / "convert", prefetch_files=trace)
         shutil.rmtree(work / "convert", ignore_errors=True)
+        if "erofs-prefetch" in modes:
+            convert(net, image.repository, PREFETCH_TAG + EROFS_SUFFIX, work / "convert", trace, erofs=True)
+            shutil.rmtree(work / "convert", ignore_errors=True)
     if "lazy-warm" in modes:
         image.warm_dir = work / "warm"
         image.warm_dir.mkdir(parents=True)
         start = lazy_start(shaper, image, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache")
         start(Phases())
         shutil.rmtree(work / "warm-run", ignore_errors=True)
-        if "erofs-warm" in modes:  # the host ran the image with the EROFS driver before: its metadata is kept
-            start = lazy_start(shaper, image, NYDUS_TAG, work / "warm-run", image.warm_dir / "cache", fs_driver="erofs")
+        if "erofs-warm" in modes:  # the host ran the image with the EROFS driver before
+            tag = NYDUS_TAG + EROFS_SUFFIX
+            start = lazy_start(shaper, image, tag, work / "warm-run", image.warm_dir / "cache", fs_driver="erofs")
             start(Phases())
             shutil.rmtree(work / "warm-run", ignore_errors=True)
     if "local-disk" in modes:
@@ -382,7 +397,7 @@ def benchmark(settings: Settings) -> Results:
             print(f"registry {net.direct_host}, shapers {links}, {settings.rtt_ms:g} ms RTT", flush=True)
             for image in built:
                 work = root / image.spec.name
-                prepared = prepare(net, image, work)
+                prepared = prepare(net, image, work, erofs=any(mode in EROFS_MODES for mode in settings.modes))
                 prepare_hosts(net, prepared, settings.modes, work)
                 for run in range(settings.runs):
                     for shaper in net.shapers:

@@ -30,6 +30,7 @@ from builder.warm import warm
 from daemon.storage.registry import HttpOptions, Mirror, RegistryClient, RegistryOptions
 from rafs import layout, oci
 from rafs.bootstrap import Bootstrap
+from rafs.erofs import DeviceMap, UnsupportedForErofs, layout_tag, write_erofs
 from rafs.errors import ConfigError, ConvertError, ImageError
 from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
@@ -149,8 +150,12 @@ def convert(
     work_dir: str,
     options: BuildOptions,
     platforms: Sequence[Platform],
+    *,
+    erofs: bool = False,
 ) -> ConvertResult:
-    """Pull, build, push; returns the target manifest's digest."""
+    """Pull, build, push; returns the target manifest's digest. With `erofs`, the bootstrap layer
+    also carries the image's EROFS metadata (0.8 MiB more for a 40,000-file image: not for every
+    image, since every start with the FUSE driver fetches the layer too)."""
     progress = Progress()
     image = pull_source(client, source, work_dir, platforms, progress)
     bootstrap_path = os.path.join(work_dir, "image.boot")
@@ -159,7 +164,9 @@ def convert(
     blob_ids = [blob.blob_id for blob in open_bootstrap(bootstrap_path).blobs]
     blobs = [(blob_id, os.path.getsize(os.path.join(blob_dir, blob_id))) for blob_id in blob_ids]
     with open(bootstrap_path, "rb") as file:
-        bootstrap, bootstrap_diff_id = oci.pack_bootstrap_layer(file.read())
+        bootstrap_bytes = file.read()
+    metadata = erofs_metadata(bootstrap_bytes, progress) if erofs else None
+    bootstrap, bootstrap_diff_id = oci.pack_bootstrap_layer(bootstrap_bytes, metadata)
     config = oci.converted_config(image.config, [*(f"sha256:{blob_id}" for blob_id in blob_ids), bootstrap_diff_id])
     manifest = oci.converted_manifest(config, blobs, bootstrap)
 
@@ -177,6 +184,17 @@ def convert(
     digest = client.push_manifest(target, manifest, oci.OCI_MANIFEST)
     progress.note(f"pushed {pushed} blobs, skipped {skipped} already present")
     return ConvertResult(digest, pushed, skipped)
+
+
+def erofs_metadata(bootstrap_bytes: bytes, progress: Progress) -> bytes | None:
+    """The image's EROFS metadata (`rafs.erofs`), shipped in the bootstrap layer so that nydusd's
+    EROFS driver need not write it at mount; None (and a note) for an image EROFS cannot hold."""
+    bootstrap = Bootstrap(bootstrap_bytes)
+    try:
+        return write_erofs(bootstrap, DeviceMap(bootstrap), data_device=1, tag=layout_tag(bootstrap_bytes))
+    except UnsupportedForErofs as error:
+        progress.note(f"no EROFS metadata shipped ({error}); nydusd's EROFS driver cannot serve it")
+        return None
 
 
 # ---- checking
@@ -202,7 +220,7 @@ def pull_converted(client: RegistryClient, target: ImageReference, work_dir: str
     image = oci.parse_converted_manifest(client.get_image_manifest(target).document, where)
     limit = client.options.bootstrap_size_limit
     layer_path = os.path.join(work_dir, "image.boot.tar.gz")
-    client.download_blob(target, image.bootstrap_digest, layer_path, max_bytes=limit + oci.LAYER_OVERHEAD_BYTES)
+    client.download_blob(target, image.bootstrap_digest, layer_path, max_bytes=oci.layer_limit(limit))
     bootstrap_path = os.path.join(work_dir, "image.boot")
     with (
         open(layer_path, "rb") as layer,
@@ -284,6 +302,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "convert":
             command.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
             command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
+            command.add_argument(
+                "--erofs",
+                action="store_true",
+                help="ship EROFS metadata in the bootstrap layer (nydusd fs_driver erofs)",
+            )
     command = commands.add_parser("warm", help="have a registry mirror cache a converted image")
     command.add_argument("--target", required=True, help="host[:port]/repo[:tag]: the image, named by its origin")
     command.add_argument("--mirror", required=True, help="the mirror: host[:port] or http(s)://host[:port]")
@@ -338,7 +361,7 @@ def _run(arguments: argparse.Namespace) -> int:
                 prefetch_files=read_prefetch_list(arguments.prefetch_files),
                 progress=True,
             )
-            result = convert(client, arguments.source, target, work_dir, options, platforms)
+            result = convert(client, arguments.source, target, work_dir, options, platforms, erofs=arguments.erofs)
             print(result.digest)
         else:
             report = check(client, arguments.source, target, work_dir, platforms)

@@ -165,7 +165,9 @@ def process_started_at() -> float:
     return time.time() - age_s
 
 
-def serve_options(args: argparse.Namespace, bootstrap: str | None, config: DaemonConfig | None) -> ServeOptions:
+def serve_options(
+    args: argparse.Namespace, bootstrap: str | None, config: DaemonConfig | None, erofs_metadata: str | None = None
+) -> ServeOptions:
     from daemon.serve import MAX_FUSE_TASKS, ServeOptions
 
     return ServeOptions(
@@ -181,6 +183,7 @@ def serve_options(args: argparse.Namespace, bootstrap: str | None, config: Daemo
         daemon_id=args.daemon_id,
         fuse_tasks=args.thread_num or MAX_FUSE_TASKS,
         failover_policy=args.failover_policy,
+        erofs_metadata=erofs_metadata,
     )
 
 
@@ -241,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if fetch is not None:
             bootstrap, config, backend = fetch.wait()
-            trio.run(partial(serve, serve_options(args, bootstrap, config), backend=backend))
+            from daemon.storage.image import shipped_erofs_path
+
+            options = serve_options(args, bootstrap, config, shipped_erofs_path(bootstrap))
+            trio.run(partial(serve, options, backend=backend))
             return 0
         if args.bootstrap is None:
             shared_config = load_config(args.config) if args.config else None

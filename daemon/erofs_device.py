@@ -248,6 +248,7 @@ class ErofsServing:
         self.metadata, self.tag = metadata_path(bootstrap_path, work_dir)
         if shipped is not None and read_tag(shipped) == self.tag:
             self.metadata = shipped  # written with the image by `nydusify convert`
+            log.info("EROFS metadata from the image's bootstrap layer: %s", shipped)
         name = hashlib.sha256(os.fsencode(self.mountpoint)).hexdigest()[:16]
         self.device_dir = os.path.join(work_dir, f"erofs-device-{name}")
         os.makedirs(self.device_dir, exist_ok=True)

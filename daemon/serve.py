@@ -62,6 +62,7 @@ class ServeOptions:
     daemon_id: str | None = None  # `--id`: reported by the API
     fuse_tasks: int = MAX_FUSE_TASKS  # `--thread-num`: FUSE requests answered at once
     failover_policy: str = "resend"  # `--failover-policy`: recorded; applies only to takeover
+    erofs_metadata: str | None = None  # `--image`: EROFS metadata that came with the bootstrap, if any
 
 
 def mount_options(allow_other: bool) -> set[str]:
@@ -295,7 +296,7 @@ async def serve(
         fuse_at = mountpoint  # where the FUSE mount goes: the mountpoint, or EROFS's device directory
         if single is not None and single.config.fs_driver == "erofs":
             assert options.bootstrap is not None
-            erofs = ErofsServing(options.bootstrap, single, mountpoint, timeline)
+            erofs = ErofsServing(options.bootstrap, single, mountpoint, timeline, options.erofs_metadata)
             operations, fuse_at = erofs.operations, erofs.device_dir
         elif single is not None:
             operations = single.operations

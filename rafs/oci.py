@@ -17,7 +17,7 @@ import json
 import platform
 import re
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, cast
@@ -49,6 +49,8 @@ ANNOTATION_NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
 ANNOTATION_NYDUS_FS_VERSION = "containerd.io/snapshot/nydus-fs-version"
 FS_VERSION = "pyrafs-1"
 BOOTSTRAP_PATH_IN_LAYER = "image/image.boot"
+# Optional, after the bootstrap: its EROFS metadata (`rafs.erofs`), for nydusd's EROFS driver.
+EROFS_PATH_IN_LAYER = "image/image.erofs"
 
 DEFAULT_TAG = "latest"
 DOCKER_HUB = "docker.io"
@@ -234,16 +236,20 @@ def parse_converted_manifest(document: Mapping[str, object], where: str) -> Conv
     return ConvertedImage(tuple(blob_digests), tuple(blob_sizes), boot_digest, boot_size, config_digest)
 
 
-def pack_bootstrap_layer(bootstrap: bytes) -> tuple[bytes, str]:
-    """The bootstrap as a tar.gz holding `image/image.boot`, and its diff_id; reproducible."""
+def pack_bootstrap_layer(bootstrap: bytes, erofs: bytes | None = None) -> tuple[bytes, str]:
+    """The bootstrap as a tar.gz holding `image/image.boot` (then, if given, its EROFS metadata
+    as `image/image.erofs`), and its diff_id; reproducible."""
     import gzip  # here, not at the top: a daemon mounting a local bootstrap never needs them
     import tarfile
 
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(BOOTSTRAP_PATH_IN_LAYER)
-        info.size, info.mode, info.mtime = len(bootstrap), 0o644, TAR_MTIME
-        tar.addfile(info, io.BytesIO(bootstrap))
+        for name, data in ((BOOTSTRAP_PATH_IN_LAYER, bootstrap), (EROFS_PATH_IN_LAYER, erofs)):
+            if data is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, TAR_MTIME
+            tar.addfile(info, io.BytesIO(data))
     uncompressed = raw.getvalue()
     return gzip.compress(uncompressed, compresslevel=9, mtime=TAR_MTIME), sha256_digest(uncompressed)
 
@@ -271,6 +277,14 @@ class _Capped:
 
 # Tar headers and padding around the bootstrap: what a layer may hold beyond the bootstrap itself.
 LAYER_OVERHEAD_BYTES = 1 << 20
+
+
+def layer_limit(bootstrap_limit: int) -> int:
+    """The most bytes a bootstrap layer may take (compressed, or unpacked): the bootstrap and its
+    EROFS metadata, each at most `bootstrap_limit`, and the tar's overhead."""
+    return 2 * bootstrap_limit + LAYER_OVERHEAD_BYTES
+
+
 _PIECE_BYTES = 1 << 20
 
 
@@ -285,13 +299,16 @@ class UnpackedBootstrap:
 
 
 @contextmanager
-def bootstrap_in_layer(layer: IO[bytes], limit: int, where: str) -> Iterator[UnpackedBootstrap]:
+def bootstrap_in_layer(
+    layer: IO[bytes], limit: int, where: str, erofs_sink: Callable[[IO[bytes]], None] | None = None
+) -> Iterator[UnpackedBootstrap]:
     """The bootstrap inside a bootstrap layer (a tar.gz) read from `layer`.
 
-    Streamed: nothing is decompressed whole in memory, and no more than `limit` (plus the tar's
-    overhead) is decompressed at all. The layer is read to its end after the caller is done, so
-    a digest computed by `layer` covers every byte. Anything unreadable, or a bootstrap larger
-    than `limit`, is `ImageError`.
+    Streamed: nothing is decompressed whole in memory, and no more than `layer_limit(limit)`
+    is decompressed at all. The layer is read to its end after the caller is done, so a digest
+    computed by `layer` covers every byte; on the way, EROFS metadata after the bootstrap is
+    handed to `erofs_sink` (a stream to read). Anything unreadable, or a bootstrap or metadata
+    larger than `limit`, is `ImageError`.
     """
     import gzip  # see pack_bootstrap_layer
     import tarfile
@@ -299,10 +316,18 @@ def bootstrap_in_layer(layer: IO[bytes], limit: int, where: str) -> Iterator[Unp
     found: UnpackedBootstrap | None = None
     try:
         decompressed = cast(IO[bytes], gzip.GzipFile(fileobj=layer, mode="rb"))
-        unpacked = _Capped(decompressed, limit + LAYER_OVERHEAD_BYTES, where)
+        unpacked = _Capped(decompressed, layer_limit(limit), where)
         with tarfile.open(fileobj=cast(IO[bytes], unpacked), mode="r|") as tar:
             for member in tar:
-                if found or member.name.removeprefix("./") != BOOTSTRAP_PATH_IN_LAYER or not member.isreg():
+                name = member.name.removeprefix("./")
+                if found and name == EROFS_PATH_IN_LAYER and member.isreg() and erofs_sink is not None:
+                    if member.size > limit:
+                        raise ImageError(f"{where}: EROFS metadata of {member.size} bytes is larger than {limit}")
+                    metadata = tar.extractfile(member)
+                    assert metadata is not None  # a regular file always has a stream
+                    erofs_sink(metadata)
+                    continue
+                if found or name != BOOTSTRAP_PATH_IN_LAYER or not member.isreg():
                     continue
                 if member.size > limit:
                     raise ImageError(

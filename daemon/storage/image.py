@@ -26,7 +26,7 @@ from daemon.storage.registry import RegistryClient
 from rafs import oci
 from rafs.errors import ImageError
 from rafs.mapped import open_bootstrap
-from rafs.oci import LAYER_OVERHEAD_BYTES, ImageReference
+from rafs.oci import ImageReference, layer_limit
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,18 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
     Anything else raises `ImageError` and leaves no new file; `boot_path` is only ever used after
     this returned."""
     temporary = f"{boot_path}.tmp-{os.getpid()}"
+    erofs_path = shipped_erofs_path(boot_path)
+    erofs_temporary = f"{erofs_path}.tmp-{os.getpid()}"
+    erofs_rewrite = False
+
+    def keep_erofs(stream: IO[bytes]) -> None:
+        nonlocal erofs_rewrite
+        erofs_rewrite = _copy_unless_same(stream, erofs_path, erofs_temporary)
+
     try:
         with open(layer_path, "rb") as raw:
             hashing = _Hashing(raw)
-            with oci.bootstrap_in_layer(cast(IO[bytes], hashing), limit, str(ref)) as unpacked:
+            with oci.bootstrap_in_layer(cast(IO[bytes], hashing), limit, str(ref), keep_erofs) as unpacked:
                 rewrite = _copy_unless_same(unpacked.stream, boot_path, temporary)
             while hashing.read(PIECE_BYTES):
                 pass  # the digest covers bytes after the gzip stream too
@@ -68,10 +76,18 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
             raise ImageError(f"{ref}: bootstrap layer {layer_path} has digest {found}, the manifest says {digest}")
         if rewrite:
             os.replace(temporary, boot_path)
+        if erofs_rewrite:
+            os.replace(erofs_temporary, erofs_path)
         return unpacked.size
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        for path in (temporary, erofs_temporary):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def shipped_erofs_path(boot_path: str) -> str:
+    """Where the EROFS metadata that came in the layer with the bootstrap `boot_path` is kept."""
+    return boot_path.removesuffix(".boot") + ".erofs"
 
 
 def _copy_unless_same(source: IO[bytes], boot_path: str, temporary: str) -> bool:
@@ -132,7 +148,7 @@ def fetch_bootstrap(client: RegistryClient, ref: ImageReference, work_dir: str) 
             os.unlink(layer_path)
     if size < 0:
         os.makedirs(directory, exist_ok=True)
-        client.download_blob(ref, boot_digest, layer_path, max_bytes=limit + LAYER_OVERHEAD_BYTES)
+        client.download_blob(ref, boot_digest, layer_path, max_bytes=layer_limit(limit))
         try:
             size = _extract(ref, layer_path, path, boot_digest, limit)
         except ImageError:

@@ -53,9 +53,9 @@ def push_directory(registry_host: str, repository: str, root: str) -> ImageRefer
     return ref
 
 
-def convert(source: ImageReference, work_dir: str, *extra: str) -> ImageReference:
-    """`nydusify convert` of `source` to the tag `nydus` beside it."""
-    target = ImageReference.parse(f"{source.registry}/{source.repository}:nydus")
+def convert(source: ImageReference, work_dir: str, *extra: str, tag: str = "nydus") -> ImageReference:
+    """`nydusify convert` of `source` to the tag `tag` beside it."""
+    target = ImageReference.parse(f"{source.registry}/{source.repository}:{tag}")
     command = [
         sys.executable, "-m", "builder.nydusify", "convert", "--source", str(source), "--target", str(target),
         "--work-dir", work_dir, *extra,
@@ -76,18 +76,26 @@ def write_image_config(path: str, work_dir: str, *, backend: Mapping[str, object
 
 
 def start_image_daemon(
-    image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = (), timeout_s: float = 60.0
+    image: str,
+    mountpoint: str,
+    config: str,
+    log_path: str,
+    *,
+    extra: Sequence[str] = (),
+    timeout_s: float = 60.0,
+    fstype: str = "fuse",
 ) -> Daemon:
     """`nydusd --image` running and mounted; raises with its log if it does not mount."""
-    return start_daemon(["--image", image, "--config", config], mountpoint, log_path, extra=extra, timeout_s=timeout_s)
+    source = ["--image", image, "--config", config]
+    return start_daemon(source, mountpoint, log_path, extra=extra, timeout_s=timeout_s, fstype=fstype)
 
 
 @contextmanager
 def image_mounted(
-    image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = ()
+    image: str, mountpoint: str, config: str, log_path: str, *, extra: Sequence[str] = (), fstype: str = "fuse"
 ) -> Iterator[Daemon]:
     """A mounted `nydusd --image` for the `with` body; stopped and unmounted on every exit."""
-    daemon = start_image_daemon(image, mountpoint, config, log_path, extra=extra)
+    daemon = start_image_daemon(image, mountpoint, config, log_path, extra=extra, fstype=fstype)
     try:
         yield daemon
     finally:

@@ -22,6 +22,7 @@ import pytest
 from daemon.blob_order import BlobOrder
 from rafs.bootstrap import Bootstrap
 from rafs.mapped import open_bootstrap
+from rafs.oci import ImageReference
 from tests.daemon.images import debian_root
 from tests.daemon.nydusd import REPO, answers, cached_chunks, force_unmount, is_mounted, requires_fuse
 from tests.integration.registry_mount import (
@@ -85,6 +86,33 @@ def test_image_mount_matches_source(pushed: PushedImage, tmp_path: Path) -> None
         reread = Path(daemon.mountpoint, "etc/os-release").read_bytes()
     assert reread == Path(pushed.source_dir, "etc/os-release").read_bytes()
     assert "already in" in daemon.log()
+
+
+def test_the_erofs_driver_uses_the_metadata_shipped_in_the_bootstrap_layer(pushed: PushedImage, tmp_path: Path) -> None:
+    """`nydusify convert` puts the EROFS metadata in the bootstrap layer: nydusd writes none, and a
+    kept copy damaged on disk is replaced from the layer (checked against its digest) at the next start."""
+    source = ImageReference.parse(pushed.ref.rsplit(":", 1)[0] + ":src")
+    ref = str(convert(source, str(tmp_path / "convert"), "--erofs", tag="nydus-erofs"))
+    config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"), fs_driver="erofs")
+    expected = snapshot_directory(pushed.source_dir)
+    mountpoint = str(tmp_path / "mnt")
+    with image_mounted(ref, mountpoint, config, str(tmp_path / "log1"), fstype="erofs") as daemon:
+        actual = snapshot_directory(daemon.mountpoint)
+        log = daemon.log()
+    assert diff(expected, actual, ignore_root=True) == []
+    assert "EROFS metadata from the image's bootstrap layer" in log and "wrote EROFS metadata" not in log
+    (shipped,) = (tmp_path / "cache" / "bootstraps").glob("*.erofs")
+    original = shipped.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    shipped.write_bytes(bytes(damaged))
+    with image_mounted(ref, mountpoint, config, str(tmp_path / "log2"), fstype="erofs") as daemon:
+        assert diff(expected, snapshot_directory(daemon.mountpoint), ignore_root=True) == []
+    assert shipped.read_bytes() == original
+    # without --erofs (the default) the layer carries none, and nydusd writes it at mount
+    with image_mounted(pushed.ref, mountpoint, config, str(tmp_path / "log3"), fstype="erofs") as daemon:
+        assert diff(expected, snapshot_directory(daemon.mountpoint), ignore_root=True) == []
+        assert "wrote EROFS metadata" in daemon.log()
 
 
 @pytest.mark.parametrize("damaged", ["layer", "bootstrap"])
