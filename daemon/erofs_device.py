@@ -1,7 +1,9 @@
 """`fs_driver: erofs`: the kernel's EROFS serves the tree; nydusd serves only its data device.
 
-At mount, nydusd writes the image's EROFS metadata (`rafs.erofs`; kept in the cache's work
-directory under the bootstrap's digest, so a host writes it once per image), serves one file
+At mount, nydusd takes the image's EROFS metadata (`rafs.erofs`) from the bootstrap layer
+(`nydusify convert --erofs`) or writes it (kept in the cache's work directory under the
+bootstrap's digest, so a host writes it once per image; either is used only if its layout tag
+is the bootstrap's), serves one file
 over FUSE on a private directory, the data device (every distinct chunk, uncompressed, laid out
 by `DeviceMap`), and mounts EROFS on the mountpoint with that file as its `device=`. Lookups,
 listings, attributes, symlinks, xattrs and the page cache of files are then the kernel's:
@@ -10,9 +12,10 @@ nydusd answers only reads of device bytes, through the same `ChunkSource` as a f
 drivers (fscache, or `blockdev` over NBD or ublk) need what this kernel lacks; a file-backed
 EROFS mount over a FUSE file needs only FUSE and Linux 6.12.
 
+The device is read with direct I/O: each read is one EROFS read (sized by EROFS's own
+readahead within a file), never the device file's readahead running into other files' chunks.
 What the FUSE path does that this one cannot: whole files on open and the per-file sequential
-window (the daemon sees no files, only device reads; the kernel's readahead of the device
-file stands in), and the API's per-file metrics.
+window (the daemon sees no files, only device reads), and the API's per-file metrics.
 """
 
 from __future__ import annotations
