@@ -30,7 +30,6 @@ import stat
 import tempfile
 import time
 
-import blake3
 import pyfuse3
 
 from daemon.chunks import ChunkSource
@@ -54,11 +53,11 @@ TIMEOUT_S = float(1 << 32)  # nothing under this mount ever changes
 
 
 def metadata_path(bootstrap_path: str, work_dir: str) -> tuple[str, bytes]:
-    """Where the EROFS metadata of `bootstrap_path` is kept in `work_dir` (named by the blake3 of
-    the bootstrap's bytes), and the `layout_tag` it must carry to be used."""
+    """Where the EROFS metadata of `bootstrap_path` is kept in `work_dir`, and the `layout_tag`
+    it must carry to be used: the file is named by the tag, so one hash of the bootstrap does."""
     with open(bootstrap_path, "rb") as file:
-        data = file.read()
-    return os.path.join(work_dir, f"{blake3.blake3(data).hexdigest()}.erofs"), layout_tag(data)
+        tag = layout_tag(file.read())
+    return os.path.join(work_dir, f"{tag.hex()}.erofs"), tag
 
 
 def write_metadata(bootstrap: Bootstrap, device: DeviceMap, path: str, tag: bytes) -> None:

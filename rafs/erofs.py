@@ -85,7 +85,9 @@ TAG_SIZE = 16
 
 def layout_tag(bootstrap_bytes: bytes) -> bytes:
     """The tag of metadata written by this writer from the bootstrap `bootstrap_bytes`."""
-    return blake3.blake3(LAYOUT_VERSION + bootstrap_bytes).digest()[:TAG_SIZE]
+    hasher = blake3.blake3(LAYOUT_VERSION)
+    hasher.update(bootstrap_bytes)
+    return hasher.digest()[:TAG_SIZE]
 
 
 def read_tag(path: str) -> bytes | None:
