@@ -19,6 +19,9 @@ next. It uses what the workload shows it:
   first open) also fetches the chunks stored in the `amplify_io` bytes right after it in the same
   blob, in a request of its own behind the miss's. The builder stores files in tar order (a
   package's files together) or in prefetch order, so they are often the next ones a start opens.
+  It also reaches back a quarter of that window (`AMPLIFY_BEFORE_SHARE`): a tar stores a
+  directory's files by name, and a start opens them in the order it needs them, so the next one
+  is often stored just before the miss.
   How often is measured (`adaptive_amplify`, on by default): once `LEARN_AMPLIFIED_BYTES` have
   been brought this way, the window is `amplify_io` scaled by the share of those bytes that reads
   have used since (full at `USED_FOR_FULL_WINDOW`, never below `MIN_AMPLIFY_FRACTION` of it).
@@ -57,6 +60,9 @@ LEARN_AMPLIFIED_BYTES = 4 << 20
 USED_FOR_FULL_WINDOW = 1 / 3
 MIN_AMPLIFY_FRACTION = 1 / 8
 MAX_TRACKED_AMPLIFIED = 1 << 16
+# Amplification also reaches back this share of its window before a miss: a directory's files are
+# stored by name, and a start opens them in the order it needs them (Python imports), not by name.
+AMPLIFY_BEFORE_SHARE = 1 / 4
 
 
 @dataclass
@@ -181,21 +187,25 @@ class Readahead:
                 self.amplified_used_bytes += stored
 
     def along(self, requests: list[ChunkRequest]) -> list[ChunkRequest]:
-        """The absent chunks stored in the window (`amplify_window`) after the last of `requests` in each blob."""
+        """The absent chunks stored in the window (`amplify_window`) after the last of `requests` in
+        each blob, then those in the `AMPLIFY_BEFORE_SHARE` of it before the first."""
         window = self.amplify_window() if self.amplify_io else 0
         if not window:
             return []
-        last: dict[int, ChunkRequest] = {}
+        spans: dict[int, tuple[int, int]] = {}  # blob index -> (first stored offset, last stored end)
         for request in requests:
-            blob_index = request.record.blob_index
-            if blob_index not in last or request.record.compressed_offset > last[blob_index].record.compressed_offset:
-                last[blob_index] = request
+            record = request.record
+            start, end = record.compressed_offset, record.compressed_offset + record.compressed_size
+            first, last = spans.get(record.blob_index, (start, end))
+            spans[record.blob_index] = (min(first, start), max(last, end))
+        before = int(window * AMPLIFY_BEFORE_SHARE)
         extra: list[ChunkRequest] = []
-        for blob_index, request in last.items():
+        for blob_index, (first, last) in spans.items():
             order = self._blob_order(blob_index)
             if order is not None:
-                end = request.record.compressed_offset + request.record.compressed_size
-                extra += self._stored_after(order, blob_index, end, end + window)
+                extra += self._stored_after(order, blob_index, last, last + window)
+                if before:
+                    extra += self._stored_after(order, blob_index, max(0, first - before), first)
         if len(self._amplified) + len(extra) > MAX_TRACKED_AMPLIFIED:
             self._amplified.clear()  # bounded memory; the counts stay
         for request in extra:

@@ -109,15 +109,38 @@ async def test_readahead_stops_at_the_window_and_at_cached_chunks(image: Image, 
         ]
     source, backend, _ = source_for(image, tmp_path, AMPLIFY, "other-cache")
     async with running(source):
-        assert await read(source, bootstrap, "b") == contents["b"]  # b, then c
+        assert await read(source, bootstrap, "b") == contents["b"]  # b, then c after it and a before
+        await idle(source)
+        assert sorted(backend.reads) == [
+            (a.compressed_offset, a.compressed_size),
+            (b.compressed_offset, b.compressed_size),
+            (c.compressed_offset, c.compressed_size),
+        ]
+        assert await read(source, bootstrap, "a") == contents["a"]
+        assert await read(source, bootstrap, "c") == contents["c"]
+        assert len(backend.reads) == 3
+
+
+@pytest.mark.trio
+async def test_readahead_reaches_back_a_quarter_of_its_window(image: Image, tmp_path: os.PathLike[str]) -> None:
+    """A miss on "c" brings "b", stored right before it, within a quarter of the window; "a" lies
+    beyond it and waits for its own miss."""
+    bootstrap, _, contents = image
+    a, b, c = (chunk_of(bootstrap, name) for name in ("a", "b", "c"))
+    assert readahead.AMPLIFY_BEFORE_SHARE == 1 / 4
+    window = 4 * (c.compressed_offset - b.compressed_offset)  # a quarter of it holds b, not a too
+    source, backend, _ = source_for(image, tmp_path, window)
+    async with running(source):
+        assert await read(source, bootstrap, "c") == contents["c"]
         await idle(source)
         assert sorted(backend.reads) == [
             (b.compressed_offset, b.compressed_size),
             (c.compressed_offset, c.compressed_size),
         ]
-        assert await read(source, bootstrap, "a") == contents["a"]  # a alone: b is cached
-        await idle(source)
-        assert len(backend.reads) == 3 and backend.reads[-1] == (a.compressed_offset, a.compressed_size)
+        assert await read(source, bootstrap, "b") == contents["b"]
+        assert len(backend.reads) == 2
+        assert await read(source, bootstrap, "a") == contents["a"]
+        assert backend.reads[-1] == (a.compressed_offset, a.compressed_size)
 
 
 @pytest.mark.trio
