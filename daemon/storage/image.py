@@ -1,15 +1,19 @@
 """Fetch a converted image's bootstrap from a registry for `nydusd --image`.
 
 The manifest is read by `rafs.oci.parse_converted_manifest`, the rules `nydusify check` applies
-too; its last layer is a tar.gz holding `image/image.boot`. The layer is streamed to
-`work_dir/bootstraps/<digest>.tar.gz` (verified against its digest by the client, at most
-`bootstrap_size_limit` bytes) and kept there, so a
-restart or a second mount of the same image downloads no more than the manifest. Every use
-(the first and each later one) reads the kept layer once: its sha256 is checked against the
-manifest's digest while `image/image.boot` is streamed out of it into `<digest>.boot`, which
-replaces the previous copy only if both hold. A kept layer that fails is fetched again. Nothing
-is ever decompressed whole in memory, and no more than the size limit is decompressed at all,
-so a gzip bomb costs a few MiB of memory and leaves nothing behind.
+too; its last layer is a tar.gz holding `image/image.boot` (and, from `nydusify convert --erofs`,
+`image/image.erofs`). The layer is streamed to `work_dir/bootstraps/<digest>.tar.gz` (verified
+against its digest by the client, at most `bootstrap_size_limit` bytes) and kept there, so a
+restart or a second mount of the same image downloads no more than the manifest.
+
+The first use of a kept layer checks its sha256 against the manifest's digest while its members
+are streamed out into `<digest>.boot` (and `<digest>.erofs`), each replacing the previous copy
+only if both hold, then records the blake3 of what it extracted in `<digest>.kept`. A later use
+checks the extracted files against that record (a few ms for debian-sci's 13 MB) instead of
+reading the layer again (0.1 s: sha256, gunzip and a compare); where they differ, or the record
+is missing, the layer is extracted again, and a kept layer that fails its digest is fetched
+again. Nothing is ever decompressed whole in memory, and no more than the size limit is
+decompressed at all, so a gzip bomb costs a few MiB of memory and leaves nothing behind.
 
 The blob layers' digests must equal the bootstrap's blob table, in order
 (`ConvertedImage.check_blob_table`). Synchronous; no event loop here.
@@ -18,20 +22,25 @@ The blob layers' digests must equal the bootstrap's blob table, in order
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from typing import IO, cast
+
+import blake3
 
 from daemon.storage.registry import RegistryClient
 from rafs import oci
 from rafs.errors import ImageError
 from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference, layer_limit
+from rafs.outputs import atomic_file
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_DIR = "bootstraps"
 PIECE_BYTES = 1 << 20
+RECORD_VERSION = 1
 
 
 class _Hashing:
@@ -83,6 +92,47 @@ def _extract(ref: ImageReference, layer_path: str, boot_path: str, digest: str, 
         for path in (temporary, erofs_temporary):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def _file_blake3(path: str) -> str | None:
+    """The blake3 (hex) of the file at `path`, or None if there is none."""
+    hasher = blake3.blake3()
+    try:
+        with open(path, "rb") as file:
+            while piece := file.read(PIECE_BYTES * 8):
+                hasher.update(piece)
+    except FileNotFoundError:
+        return None
+    return hasher.hexdigest()
+
+
+def _record_path(boot_path: str) -> str:
+    return boot_path.removesuffix(".boot") + ".kept"
+
+
+def _extracted(boot_path: str) -> dict[str, object]:
+    """What the record says of the files extracted for `boot_path`: their blake3, None if absent."""
+    return {
+        "version": RECORD_VERSION,
+        "boot": _file_blake3(boot_path),
+        "erofs": _file_blake3(shipped_erofs_path(boot_path)),
+    }
+
+
+def _write_record(boot_path: str) -> None:
+    """Record the blake3 of the files just extracted (and checked) for `boot_path`."""
+    with atomic_file(_record_path(boot_path)) as file:
+        file.write(json.dumps(_extracted(boot_path)).encode())
+
+
+def _kept_copies_hold(boot_path: str) -> bool:
+    """Whether the files extracted for `boot_path` are still what was recorded when they were."""
+    try:
+        with open(_record_path(boot_path), "rb") as file:
+            recorded = json.loads(file.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("boot") is not None and recorded == _extracted(boot_path)
 
 
 def shipped_erofs_path(boot_path: str) -> str:
@@ -139,13 +189,18 @@ def fetch_bootstrap(client: RegistryClient, ref: ImageReference, work_dir: str) 
     name = boot_digest.replace(":", "-")
     layer_path, path = os.path.join(directory, name + ".tar.gz"), os.path.join(directory, name + ".boot")
     size = -1
-    if os.path.exists(layer_path):
+    if _kept_copies_hold(path):
+        size = os.path.getsize(path)
+        log.info("bootstrap of %s (%s) already in %s, as recorded when extracted", ref, boot_digest, directory)
+    elif os.path.exists(layer_path):
         try:
             size = _extract(ref, layer_path, path, boot_digest, limit)
             log.info("bootstrap of %s (%s) already in %s, verified against its digest", ref, boot_digest, directory)
         except ImageError as error:
             log.warning("kept bootstrap layer fails (%s): fetching it again", error)
             os.unlink(layer_path)
+        else:
+            _write_record(path)
     if size < 0:
         os.makedirs(directory, exist_ok=True)
         client.download_blob(ref, boot_digest, layer_path, max_bytes=layer_limit(limit))
@@ -154,6 +209,7 @@ def fetch_bootstrap(client: RegistryClient, ref: ImageReference, work_dir: str) 
         except ImageError:
             os.unlink(layer_path)  # a layer we cannot use is not kept
             raise
+        _write_record(path)
         log.info("bootstrap of %s (%s, %d bytes) saved in %s", ref, boot_digest, size, directory)
     image.check_blob_table([blob.blob_id for blob in open_bootstrap(path).blobs], str(ref))
     return path

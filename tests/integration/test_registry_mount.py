@@ -81,11 +81,12 @@ def test_image_mount_matches_source(pushed: PushedImage, tmp_path: Path) -> None
         actual = snapshot_directory(daemon.mountpoint)
     assert diff(expected, actual, ignore_root=True) == []
     assert len(actual) == len(expected) > 100
-    # A second start reuses the bootstrap kept in the work dir (by the layer's digest).
+    # A second start reuses the bootstrap kept in the work dir (by the layer's digest), checked
+    # against the record of what was extracted, without reading the layer again.
     with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")) as daemon:
         reread = Path(daemon.mountpoint, "etc/os-release").read_bytes()
     assert reread == Path(pushed.source_dir, "etc/os-release").read_bytes()
-    assert "already in" in daemon.log()
+    assert "as recorded when extracted" in daemon.log()
 
 
 def test_the_erofs_driver_uses_the_metadata_shipped_in_the_bootstrap_layer(pushed: PushedImage, tmp_path: Path) -> None:
@@ -115,20 +116,29 @@ def test_the_erofs_driver_uses_the_metadata_shipped_in_the_bootstrap_layer(pushe
         assert "wrote EROFS metadata" in daemon.log()
 
 
-@pytest.mark.parametrize("damaged", ["layer", "bootstrap"])
+@pytest.mark.parametrize("damaged", ["bootstrap", "record", "layer and bootstrap", "layer"])
 def test_a_damaged_kept_bootstrap_is_checked_and_replaced(pushed: PushedImage, tmp_path: Path, damaged: str) -> None:
-    """The kept copy is checked against the manifest's digest on every start, never trusted as is."""
+    """The kept bootstrap is checked on every start, never trusted as is: against the record of
+    what was extracted from the layer, and where it differs, against the layer (itself checked
+    against the manifest's digest, and fetched again if it fails)."""
     config = write_image_config(str(tmp_path / "c.json"), str(tmp_path / "cache"))
     with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log")):
         pass
     kept = tmp_path / "cache" / "bootstraps"
     (layer,) = kept.glob("*.tar.gz")
     (bootstrap,) = kept.glob("*.boot")
-    original_layer = layer.read_bytes()
-    victim = layer if damaged == "layer" else bootstrap
-    content = bytearray(victim.read_bytes())
-    content[len(content) // 2] ^= 0x20
-    victim.write_bytes(bytes(content))
+    (record,) = kept.glob("*.kept")
+    original_layer, original_bootstrap = layer.read_bytes(), bootstrap.read_bytes()
+    victims = {
+        "bootstrap": [bootstrap],
+        "record": [record],
+        "layer": [layer],
+        "layer and bootstrap": [layer, bootstrap],
+    }
+    for victim in victims[damaged]:
+        content = bytearray(victim.read_bytes())
+        content[len(content) // 2] ^= 0x20
+        victim.write_bytes(bytes(content))
     log_path = tmp_path / "log2"
     with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(log_path)) as daemon:
         reread = Path(daemon.mountpoint, "etc/os-release").read_bytes()
@@ -136,12 +146,19 @@ def test_a_damaged_kept_bootstrap_is_checked_and_replaced(pushed: PushedImage, t
         assert diff(expected, snapshot_directory(daemon.mountpoint), ignore_root=True) == []
     assert reread == Path(pushed.source_dir, "etc/os-release").read_bytes()
     log = log_path.read_text()
-    if damaged == "layer":
+    if damaged == "layer":  # the extracted copy still is what was recorded: the layer is not read
+        assert "as recorded when extracted" in log, log
+    elif damaged == "layer and bootstrap":
         assert "kept bootstrap layer fails" in log and "fetching it again" in log, log
-    else:
-        assert "already in" in log, log  # the layer held: the bootstrap was extracted from it again
-    assert layer.read_bytes() == original_layer
+        assert layer.read_bytes() == original_layer
+    else:  # the layer held: the bootstrap was extracted from it again, and recorded
+        assert "verified against its digest" in log, log
+        assert layer.read_bytes() == original_layer
+    assert bootstrap.read_bytes() == original_bootstrap
     assert "Traceback" not in log
+    with image_mounted(pushed.ref, str(tmp_path / "mnt"), config, str(tmp_path / "log3")) as daemon:
+        assert Path(daemon.mountpoint, "etc/os-release").read_bytes() == reread
+    assert "as recorded when extracted" in (tmp_path / "log3").read_text()
 
 
 def test_missing_image_is_one_line_and_no_mount(pushed: PushedImage, tmp_path: Path) -> None:
