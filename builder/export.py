@@ -22,7 +22,7 @@ def export_block(bootstrap: Bootstrap, blob_dir: str, output: str) -> int:
     try:
         with atomic_file(output) as out:
             out.write(metadata)
-            for chunk in device.chunks:
+            for chunk in device.chunks():
                 data = files.read_chunk(bootstrap.chunk(chunk.chunk_index), chunk.chunk_index)
                 out.write(data + bytes(-len(data) % BLOCK))
     finally:

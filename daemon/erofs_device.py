@@ -227,7 +227,7 @@ class ErofsServing:
         timeline: Timeline | None,
         shipped: str | None = None,
     ) -> None:
-        """Cheap (the device's layout, 0.06 s for 36,000 chunks); `mount` writes the metadata."""
+        """Cheap (the device's layout, 0.02-0.03 s for 36,000 chunks); `mount` writes the metadata."""
         self.mountpoint = mountpoint
         self.bootstrap = mount.bootstrap
         self.scratch: str | None = None

@@ -25,7 +25,9 @@ import bisect
 import os
 import stat
 import struct
+from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -134,12 +136,16 @@ class DeviceMap:
     each from a block boundary, in the order the chunk table first names it.
 
     The writer turns a file's chunks into device blocks with it; a reader of the device turns a
-    byte range back into chunk slices with `pieces`. Both compute it from the bootstrap alone.
+    byte range back into chunk slices with `pieces`. Both compute it from the bootstrap alone,
+    the reader at every mount: so it is kept in flat arrays (30 ms for debian-sci's 36,000
+    chunks, against 70 ms with a record object each).
     """
 
     def __init__(self, bootstrap: Bootstrap) -> None:
-        self.chunks: list[DeviceChunk] = []
         self._block_by_key: dict[tuple[int, int], int] = {}
+        self._starts = array("q")  # byte offset of each device chunk, ascending
+        self._indexes = array("q")  # a chunk-table index holding it (the first)
+        self._lengths = array("q")  # its uncompressed bytes
         cursor = 0
         sb = bootstrap.superblock
         table = memoryview(bootstrap.buffer)[
@@ -147,17 +153,31 @@ class DeviceMap:
         ]
         # The raw table, not `bootstrap.chunk()` (a record object each: 0.14 s for 36,000 chunks
         # at every mount): only the layout is made here; a read checks the record it uses.
+        block_by_key = self._block_by_key
         for index, (blob_index, flags, offset, _, uncompressed_size, _, _) in enumerate(
             layout.CHUNK.iter_unpack(table)
         ):
             key = (blob_index, offset)
-            if flags & layout.CHUNK_ZERO or key in self._block_by_key:
+            if flags & layout.CHUNK_ZERO or key in block_by_key:
                 continue
-            self._block_by_key[key] = cursor // BLOCK
-            self.chunks.append(DeviceChunk(cursor, index, uncompressed_size))
-            cursor += _blocks(uncompressed_size) * BLOCK
+            block_by_key[key] = cursor // BLOCK
+            self._starts.append(cursor)
+            self._indexes.append(index)
+            self._lengths.append(uncompressed_size)
+            cursor += -(-uncompressed_size // BLOCK) * BLOCK
         self.size = cursor
-        self._starts = [chunk.start for chunk in self.chunks]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def chunk(self, position: int) -> DeviceChunk:
+        """The `position`th chunk on the device."""
+        return DeviceChunk(self._starts[position], self._indexes[position], self._lengths[position])
+
+    def chunks(self) -> Iterator[DeviceChunk]:
+        """The device's chunks in device order."""
+        for position in range(len(self._starts)):
+            yield self.chunk(position)
 
     def block_of(self, record: ChunkRecord) -> int:
         """The device block where `record`'s bytes begin."""
@@ -170,8 +190,8 @@ class DeviceMap:
         result: list[tuple[DeviceChunk, int, int]] = []
         end = min(offset + size, self.size)
         position = max(bisect.bisect_right(self._starts, offset) - 1, 0)
-        while position < len(self.chunks) and offset < end:
-            chunk = self.chunks[position]
+        while position < len(self._starts) and offset < end:
+            chunk = self.chunk(position)
             if chunk.start >= end:
                 break
             start = max(offset, chunk.start) - chunk.start
