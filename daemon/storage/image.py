@@ -120,9 +120,13 @@ def _extracted(boot_path: str) -> dict[str, object]:
 
 
 def _write_record(boot_path: str) -> None:
-    """Record the blake3 of the files just extracted (and checked) for `boot_path`."""
-    with atomic_file(_record_path(boot_path)) as file:
-        file.write(json.dumps(_extracted(boot_path)).encode())
+    """Record the blake3 of the files just extracted (and checked) for `boot_path`. Without the
+    record (a full disk), the next start only extracts them again."""
+    try:
+        with atomic_file(_record_path(boot_path)) as file:
+            file.write(json.dumps(_extracted(boot_path)).encode())
+    except OSError as error:
+        log.warning("cannot record the extracted bootstrap %s: %s", boot_path, error.strerror)
 
 
 def _kept_copies_hold(boot_path: str) -> bool:
@@ -130,9 +134,9 @@ def _kept_copies_hold(boot_path: str) -> bool:
     try:
         with open(_record_path(boot_path), "rb") as file:
             recorded = json.loads(file.read())
+        return isinstance(recorded, dict) and recorded.get("boot") is not None and recorded == _extracted(boot_path)
     except (OSError, ValueError):
         return False
-    return isinstance(recorded, dict) and recorded.get("boot") is not None and recorded == _extracted(boot_path)
 
 
 def shipped_erofs_path(boot_path: str) -> str:
