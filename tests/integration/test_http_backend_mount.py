@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.readahead import AMPLIFY_BEFORE_SHARE
 from tests.daemon.images import build_image, synthetic_tree, unpack
 from tests.daemon.nydusd import mounted, requires_fuse
 from tests.reference import diff, snapshot_directory
@@ -100,6 +101,8 @@ def test_http_backend_mount_matches_unpack_and_fetches_lazily(
     with open(os.path.join(unpacked, "etc", "passwd"), "rb") as file:
         assert small == file.read()
     blobs_total = sum(os.path.getsize(os.path.join(server.directory, name)) for name in os.listdir(server.directory))
-    # One small file: its chunk plus at most one readahead window (amplify_io, 1 MiB), not the blobs.
-    assert 0 < after_small_read <= (1 << 20) + 0x10000 < blobs_total
+    # One small file: its chunk plus at most one readahead window (amplify_io, 1 MiB, after it and a
+    # quarter of that before it), not the blobs.
+    window = (1 << 20) + int((1 << 20) * AMPLIFY_BEFORE_SHARE)
+    assert 0 < after_small_read <= window + 0x10000 < blobs_total
     assert diff(snapshot_directory(unpacked), seen) == []
