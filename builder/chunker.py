@@ -101,7 +101,7 @@ class ChunkStore:
                     chunk.compressed_size,
                 )
 
-    def add_chunk(self, data: bytes, prefetch_rank: int | None) -> PendingChunk:
+    def add_chunk(self, data: bytes) -> PendingChunk:
         """Digest `data`; reuse a known identical chunk or store it in the current blob."""
         self.stats.chunks += 1
         self.stats.bytes_in += len(data)
@@ -120,7 +120,7 @@ class ChunkStore:
             return known
         slot = self._current_slot()
         assert slot.writer is not None
-        stored = slot.writer.add(data, prefetch_rank)  # its COMPRESSED flag: known when the blob is finished
+        stored = slot.writer.add(data)  # its COMPRESSED flag: known when the blob is finished
         pending = PendingChunk(slot, stored, digest, len(data), 0)
         self.known[key] = pending
         return pending
@@ -137,14 +137,35 @@ class ChunkStore:
         return self.current
 
     def finish_blob(self) -> None:
-        """Close the current blob (end of a layer): later chunks go to a new blob."""
+        """Close the current blob (end of a layer): later chunks go to a new blob. Its layout is
+        made by `blob_table`, once prefetch ranks are given."""
         if self.current is not None and self.current.writer is not None:
-            self.current.record = self.current.writer.finish()
+            self.current.writer.seal()
         self.current = None
 
+    def read_chunk(self, chunk: PendingChunk) -> bytes | None:
+        """The uncompressed bytes of a chunk of this build (None: in a blob this build did not
+        write, from a parent bootstrap or a chunk dictionary)."""
+        if chunk.flags & layout.CHUNK_ZERO:
+            return bytes(chunk.uncompressed_size)
+        if chunk.stored is None or chunk.slot is None or chunk.slot.writer is None:
+            return None
+        return chunk.slot.writer.read_chunk(chunk.stored)
+
+    @staticmethod
+    def rank(chunk: PendingChunk, prefetch_rank: int) -> None:
+        """Put `chunk` at `prefetch_rank` of its blob's head (the lowest rank given wins)."""
+        stored = chunk.stored
+        if stored is not None and (stored.prefetch_rank is None or prefetch_rank < stored.prefetch_rank):
+            stored.prefetch_rank = prefetch_rank
+
     def blob_table(self) -> tuple[list[BlobRecord], dict[int, int]]:
-        """The blob table in first-use order, and slot id -> blob index."""
+        """Lay out every blob this build wrote; the blob table in first-use order, and slot id ->
+        blob index."""
         self.finish_blob()
+        for slot in self.slots:
+            if slot.writer is not None and slot.record is None:
+                slot.record = slot.writer.finish()
         records: list[BlobRecord] = []
         index: dict[int, int] = {}
         for slot in self.slots:
