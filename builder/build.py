@@ -17,6 +17,7 @@ from typing import IO
 
 from builder.blobs import BlobWriter
 from builder.chunker import ChunkStore, PendingChunk
+from builder.entrypoint import StartCommand, TreeFiles, guess_start_files
 from builder.layers import (
     FILE,
     HARDLINK,
@@ -55,6 +56,8 @@ class BuildOptions:
     keep_whiteouts: bool = False
     progress: bool = False
     platforms: tuple[Platform, ...] = ()  # which manifest of an OCI layout's index; empty: the host's
+    # Without `prefetch_files`: guess the prefetch list from this command (`builder.entrypoint`)
+    start_command: StartCommand | None = None
 
 
 @dataclass
@@ -71,6 +74,7 @@ class BuildResult:
     deduplicated_chunks: int = 0
     zero_chunks: int = 0
     root_digest: str = ""
+    start_files: int = 0  # files on the prefetch list guessed from the start command
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
@@ -280,30 +284,37 @@ class Builder:
         return line
 
     def _chunk_file(self, entry: LayerEntry, data: IO[bytes], layer: str) -> list[PendingChunk]:
-        ranks = self.prefetch.chunk_ranks(entry.path, -(-entry.size // self.options.chunk_size))
         pending: list[PendingChunk] = []
         remaining = entry.size
         while remaining > 0:
-            rank = ranks[len(pending)] if ranks else None
             piece = _read_exact(data, min(self.options.chunk_size, remaining))
             if not piece:
                 raise BuildError(
                     f"file data ends {remaining} bytes early", layer=layer, entry=entry.path.decode("utf-8", "replace")
                 )
-            pending.append(self.store.add_chunk(piece, rank))
+            pending.append(self.store.add_chunk(piece))
             remaining -= len(piece)
             if self.progress.due():
                 self.progress.update(self._progress_line(layer, entry, entry.size - remaining))
         return pending
 
-    def write(self, bootstrap_path: str) -> BuildResult:
-        """Finish blobs, write the bootstrap, then move every output to its final name."""
+    def _guess_prefetch_list(self, command: StartCommand) -> None:
+        """An image built without a prefetch list gets one guessed from its start command."""
         started = time.monotonic()
-        blobs, blob_index = self.store.blob_table()
+        self.store.finish_blob()  # every chunk readable
+        reader = _NodeReader(self.store, self.options.chunk_size)
+        entries = guess_start_files(TreeFiles(self.overlay.root, reader.read), command)
+        self.prefetch = PrefetchRanks(entries, self.options.chunk_size)
+        self.result.start_files = len({entry.path for entry in entries})
+        self._timed("guess_start_files", started)
+
+    def write(self, bootstrap_path: str) -> BuildResult:
+        """Rank the prefetch list's chunks, lay out blobs, write the bootstrap, then move every
+        output to its final name."""
+        if self.options.start_command is not None and not self.options.prefetch_files:
+            self._guess_prefetch_list(self.options.start_command)
+        started = time.monotonic()
         root = self.overlay.root
-        for _, node in walk(root):
-            if isinstance(node, BuildNode) and node.is_reg and not node.chunks:
-                node.chunks = _final_records(node.pending, blob_index)
         ranked: dict[int, tuple[int, FsNode]] = {}
         ranked_chunks: list[tuple[int, int, FsNode]] = []  # (rank, chunk index, file)
         for path, node in walk(root):
@@ -312,10 +323,21 @@ class Builder:
                 continue
             if id(node) not in ranked or rank < ranked[id(node)][0]:
                 ranked[id(node)] = (rank, node)
-            if self.prefetch.by_chunks and node.is_reg:
-                for index, chunk_rank in enumerate(self.prefetch.chunk_ranks(path[1:], len(node.chunks))):
-                    if chunk_rank is not None:
-                        ranked_chunks.append((chunk_rank, index, node))
+            if not node.is_reg:
+                continue
+            pending = node.pending if isinstance(node, BuildNode) else []
+            chunk_count = len(pending) or len(node.chunks)
+            for index, chunk_rank in enumerate(self.prefetch.chunk_ranks(path[1:], chunk_count)):
+                if chunk_rank is None:
+                    continue
+                if pending:
+                    self.store.rank(pending[index], chunk_rank)
+                if self.prefetch.by_chunks:
+                    ranked_chunks.append((chunk_rank, index, node))
+        blobs, blob_index = self.store.blob_table()
+        for _, node in walk(root):
+            if isinstance(node, BuildNode) and node.is_reg and not node.chunks:
+                node.chunks = _final_records(node.pending, blob_index)
         prefetch_nodes = [node for _, node in sorted(ranked.values(), key=lambda item: item[0])]
         ranked_chunks.sort(key=lambda item: (item[0], item[1]))
         self._timed("blobs", started)
@@ -351,6 +373,44 @@ class Builder:
         for writer in self.writers:
             writer.discard()
         self.progress.done()
+
+
+class _NodeReader:
+    """File contents of the tree being built, read back from the blob spools (the entrypoint
+    guess reads ELF headers and Python sources). Keeps the last few chunks it decompressed: an
+    ELF header is read in several small pieces of one chunk."""
+
+    def __init__(self, store: ChunkStore, chunk_size: int) -> None:
+        self.store = store
+        self.chunk_size = chunk_size
+        self._recent: dict[int, bytes] = {}
+
+    def read(self, node: FsNode, offset: int, size: int) -> bytes:
+        pending = node.pending if isinstance(node, BuildNode) else []
+        pieces: list[bytes] = []
+        position, end = offset, offset + size
+        while position < end:
+            index = position // self.chunk_size
+            if index >= len(pending):
+                break
+            data = self._chunk(pending[index])
+            if data is None:
+                break
+            start = position - index * self.chunk_size
+            pieces.append(data[start : start + end - position])
+            position = (index + 1) * self.chunk_size
+        return b"".join(pieces)
+
+    def _chunk(self, chunk: PendingChunk) -> bytes | None:
+        data = self._recent.get(id(chunk))
+        if data is None:
+            data = self.store.read_chunk(chunk)
+            if data is None:
+                return None
+            if len(self._recent) >= 8:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[id(chunk)] = data
+        return data
 
 
 def _is_whiteout(path: bytes) -> bool:

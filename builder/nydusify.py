@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from builder.build import BuildOptions, build
+from builder.entrypoint import StartCommand
 from builder.oci_layout import read_layout, split_reference
 from builder.options import OneLineParser, chunk_size, platform, read_prefetch_list, run_with_one_line_errors
 from builder.verify import check as check_bootstrap
@@ -36,6 +37,7 @@ from rafs.mapped import open_bootstrap
 from rafs.oci import ImageReference, Platform, host_platforms, sha256_digest
 
 LAYOUT_PREFIX = "oci:"
+PREFETCH_POLICIES = ("entrypoint", "none")
 
 
 @dataclass(frozen=True)
@@ -152,15 +154,24 @@ def convert(
     platforms: Sequence[Platform],
     *,
     erofs: bool = False,
+    prefetch_policy: str = "entrypoint",
 ) -> ConvertResult:
     """Pull, build, push; returns the target manifest's digest. With `erofs`, the bootstrap layer
     also carries the image's EROFS metadata (0.8 MiB more for a 40,000-file image: not for every
-    image, since every start with the FUSE driver fetches the layer too)."""
+    image, since every start with the FUSE driver fetches the layer too). Without a prefetch
+    list, `prefetch_policy` "entrypoint" guesses one from the image config's start command
+    (`builder.entrypoint`); "none" leaves the image without one."""
     progress = Progress()
     image = pull_source(client, source, work_dir, platforms, progress)
     bootstrap_path = os.path.join(work_dir, "image.boot")
     blob_dir = os.path.join(work_dir, "blobs")
-    build(image.source_type, image.sources, bootstrap_path, blob_dir, replace(options, platforms=tuple(platforms)))
+    if prefetch_policy == "entrypoint" and not options.prefetch_files:
+        options = replace(options, start_command=StartCommand.from_image_config(image.config))
+    result = build(
+        image.source_type, image.sources, bootstrap_path, blob_dir, replace(options, platforms=tuple(platforms))
+    )
+    if options.start_command is not None and not options.prefetch_files:
+        progress.note(f"prefetch list guessed from the entrypoint: {result.start_files} files")
     blob_ids = [blob.blob_id for blob in open_bootstrap(bootstrap_path).blobs]
     blobs = [(blob_id, os.path.getsize(os.path.join(blob_dir, blob_id))) for blob_id in blob_ids]
     with open(bootstrap_path, "rb") as file:
@@ -303,6 +314,12 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--chunk-size", type=chunk_size, default=layout.DEFAULT_CHUNK_SIZE)
             command.add_argument("--prefetch-files", metavar="FILE", help="paths (one a line) to put first")
             command.add_argument(
+                "--prefetch-policy",
+                choices=PREFETCH_POLICIES,
+                default="entrypoint",
+                help="without --prefetch-files: guess the list from the image's entrypoint (default), or none",
+            )
+            command.add_argument(
                 "--erofs",
                 action="store_true",
                 help="ship EROFS metadata in the bootstrap layer (nydusd fs_driver erofs)",
@@ -361,7 +378,16 @@ def _run(arguments: argparse.Namespace) -> int:
                 prefetch_files=read_prefetch_list(arguments.prefetch_files),
                 progress=True,
             )
-            result = convert(client, arguments.source, target, work_dir, options, platforms, erofs=arguments.erofs)
+            result = convert(
+                client,
+                arguments.source,
+                target,
+                work_dir,
+                options,
+                platforms,
+                erofs=arguments.erofs,
+                prefetch_policy=arguments.prefetch_policy,
+            )
             print(result.digest)
         else:
             report = check(client, arguments.source, target, work_dir, platforms)

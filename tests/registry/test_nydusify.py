@@ -116,6 +116,33 @@ def test_convert_with_a_trace_writes_the_prefetch_chunk_table(
     assert checked.returncode == 0, checked.stderr
 
 
+def test_convert_guesses_a_prefetch_list_from_the_entrypoint_unless_told_not_to(
+    registry: RunningRegistry, client: RegistryClient, tmp_path: Path
+) -> None:
+    """The config's Cmd is `/bin/tool`: a `#!/bin/sh` script here, so the guessed list is the
+    script, then its interpreter; `--prefetch-policy none` lists nothing; a policy this
+    converter does not know is refused in one line."""
+    image = make_image(
+        [{"bin": None, "bin/tool": b"#!/bin/sh\necho hi\n", "bin/sh": b"a shell", "bin/unused": b"x" * 5000}]
+    )
+    source = ImageReference.parse(f"{registry.host}/library/guessed:1.0")
+    push_image(client, source, image)
+    listed = {}
+    for policy in ("entrypoint", "none"):
+        target = ImageReference.parse(f"{registry.host}/library/guessed:{policy}")
+        converted = run_nydusify(
+            "convert", "--source", str(source), "--target", str(target), "--prefetch-policy", policy,
+            "--work-dir", str(tmp_path / policy),
+        )  # fmt: skip
+        assert converted.returncode == 0, converted.stderr
+        bootstrap = open_bootstrap(nydusify.pull_converted(client, target, str(tmp_path / f"pulled-{policy}")))
+        names = {ino: path for path, ino in bootstrap.walk()}
+        listed[policy] = [names[ino] for ino in bootstrap.prefetch_inodes()]
+    assert listed == {"entrypoint": [b"/bin/tool", b"/bin/sh"], "none": []}
+    refused = run_nydusify("convert", "--source", str(source), "--target", str(target), "--prefetch-policy", "all")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--prefetch-policy" in refused.stderr
+
+
 def test_convert_is_deterministic_and_skips_present_blobs(
     registry: RunningRegistry, client: RegistryClient, tmp_path: Path
 ) -> None:

@@ -1,0 +1,209 @@
+"""The prefetch list guessed from an image's start command (`builder.entrypoint`), through real
+builds: which files it lists, in which order, and that their chunks lead the blob."""
+
+from __future__ import annotations
+
+import py_compile
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from builder.build import BuildOptions
+from builder.entrypoint import StartCommand
+from rafs.mapped import open_bootstrap
+from tests.builder.common import build_layers, unpacked, write_layers
+from tests.reference import Entry, apply_layers, diff, snapshot_tree
+from tests.strategies import layer_stacks
+
+PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+STDLIB = "usr/lib/python3.11"
+SITE = "usr/lib/python3/dist-packages"
+
+
+def _file(path: str, text: str | bytes) -> Entry:
+    return Entry(path, "file", data=text.encode() if isinstance(text, str) else text)
+
+
+def _python_image(tmp_path: Path) -> list[Entry]:
+    """A small Python install: stdlib, a site package, an app, byte code for some of it."""
+    compiled = tmp_path / "compiled"
+    compiled.mkdir()
+    os_source = "import stat\nimport posixpath\n"
+    (compiled / "os.py").write_text(os_source)
+    py_compile.compile(str(compiled / "os.py"), cfile=str(compiled / "os.pyc"), doraise=True)
+    foreign_pyc = b"\x00\x00\r\n" + bytes(12) + b"not byte code of this interpreter"
+    return [
+        Entry("usr", "dir", perm=0o755),
+        Entry("usr/bin", "dir", perm=0o755),
+        Entry("usr/bin/python3", "symlink", target="python3.11"),
+        _file("usr/bin/python3.11", b"\x7fELF-not-really"),
+        _file(f"{STDLIB}/os.py", os_source),
+        _file(f"{STDLIB}/__pycache__/os.cpython-311.pyc", (compiled / "os.pyc").read_bytes()),
+        _file(f"{STDLIB}/stat.py", ""),
+        _file(f"{STDLIB}/posixpath.py", "import genericpath\n"),
+        _file(f"{STDLIB}/__pycache__/posixpath.cpython-311.pyc", foreign_pyc),  # parsed from source instead
+        _file(f"{STDLIB}/genericpath.py", ""),
+        _file(f"{STDLIB}/site.py", "import os\n"),
+        _file(f"{STDLIB}/encodings/__init__.py", "import codecs\n"),
+        _file(f"{STDLIB}/encodings/aliases.py", ""),
+        _file(f"{STDLIB}/encodings/utf_8.py", ""),
+        _file(f"{STDLIB}/codecs.py", ""),
+        _file(f"{STDLIB}/json/__init__.py", "from .decoder import JSONDecoder\n"),
+        _file(f"{STDLIB}/json/decoder.py", "import re\n"),
+        _file(f"{STDLIB}/re.py", ""),
+        _file(f"{STDLIB}/unused.py", ""),
+        _file(
+            f"{SITE}/pkg/__init__.py",
+            "from . import sub\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import typed\n",
+        ),
+        _file(f"{SITE}/pkg/sub.py", "def later():\n    import lazy\n"),
+        _file(f"{SITE}/lazy.py", "import lazy_dependency\n"),
+        _file(f"{SITE}/lazy_dependency.py", ""),
+        _file(f"{SITE}/typed.py", ""),
+        _file(f"{SITE}/slow.py", ""),
+        _file(f"{SITE}/never.py", ""),
+        _file(
+            "app/main.py",
+            "import json\nimport pkg\n"
+            "try:\n    import fast\nexcept ImportError:\n    import slow\n"
+            "try:\n    import re\nexcept ImportError:\n    import never\n",
+        ),
+    ]
+
+
+def _listed(bootstrap_path: str) -> list[str]:
+    bootstrap = open_bootstrap(bootstrap_path)
+    names = {ino: path for path, ino in bootstrap.walk()}
+    return [names[ino].decode() for ino in bootstrap.prefetch_inodes()]
+
+
+def test_python_start_lists_what_runs_in_the_order_it_runs(tmp_path: Path) -> None:
+    layers = write_layers(str(tmp_path), [_python_image(tmp_path)])
+    command = StartCommand(("python3", "/app/main.py"), PATH_ENV)
+    bootstrap, _, result = build_layers(str(tmp_path), layers, BuildOptions(start_command=command))
+    listed = _listed(bootstrap)
+    assert result.start_files == len(listed)
+    assert listed[0] == "/usr/bin/python3.11"  # the program, its symlink resolved
+    for path in (f"/{STDLIB}/unused.py", f"/{SITE}/typed.py", f"/{SITE}/never.py", f"/{STDLIB}/os.py"):
+        assert path not in listed
+    in_order = [
+        f"/{STDLIB}/encodings/__init__.py",
+        f"/{STDLIB}/codecs.py",
+        f"/{STDLIB}/site.py",
+        f"/{STDLIB}/__pycache__/os.cpython-311.pyc",  # the byte code the interpreter reads
+        f"/{STDLIB}/stat.py",  # an import read out of that byte code
+        # byte code of another interpreter (the image's, not the builder's): listed, and the
+        # imports are read from the source instead
+        f"/{STDLIB}/__pycache__/posixpath.cpython-311.pyc",
+        f"/{STDLIB}/genericpath.py",
+        "/app/main.py",
+        f"/{STDLIB}/json/__init__.py",
+        f"/{STDLIB}/json/decoder.py",
+        f"/{STDLIB}/re.py",
+        f"/{SITE}/pkg/__init__.py",
+        f"/{SITE}/pkg/sub.py",
+        f"/{SITE}/slow.py",  # `fast` is missing, so the except branch runs
+        f"/{SITE}/lazy.py",  # imported inside a function: after everything imported at module level
+        f"/{SITE}/lazy_dependency.py",
+    ]
+    assert [path for path in listed if path in in_order] == in_order
+
+
+def test_no_command_and_none_policy_list_nothing(tmp_path: Path) -> None:
+    layers = write_layers(str(tmp_path), [_python_image(tmp_path)])
+    bootstrap, _, result = build_layers(str(tmp_path), layers, BuildOptions())
+    assert _listed(bootstrap) == [] and result.start_files == 0
+    missing = StartCommand(("no-such-program",), PATH_ENV)
+    bootstrap, _, _ = build_layers(str(tmp_path), layers, BuildOptions(start_command=missing), name="missing")
+    assert _listed(bootstrap) == []
+
+
+def test_listed_files_lead_the_blob(tmp_path: Path) -> None:
+    layers = write_layers(str(tmp_path), [_python_image(tmp_path)])
+    command = StartCommand(("python3", "/app/main.py"), PATH_ENV)
+    bootstrap_path, _, _ = build_layers(str(tmp_path), layers, BuildOptions(start_command=command))
+    bootstrap = open_bootstrap(bootstrap_path)
+    listed = set(bootstrap.prefetch_inodes())
+    offsets = {
+        ino: min(chunk.compressed_offset for chunk in bootstrap.chunks(ino))
+        for _, ino in bootstrap.walk()
+        if bootstrap.inode(ino).is_reg and not bootstrap.inode(ino).flags and list(bootstrap.chunks(ino))
+    }
+    stored = {ino: offset for ino, offset in offsets.items() if not next(iter(bootstrap.chunks(ino))).is_zero}
+    assert max(stored[ino] for ino in listed if ino in stored) < min(
+        offset for ino, offset in stored.items() if ino not in listed
+    )
+
+
+def _compile(source: Path, output: Path, *flags: str) -> None:
+    subprocess.run(["gcc", "-O0", "-o", str(output), str(source), *flags], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (scripts/install.sh installs it)")
+def test_programs_bring_their_interpreter_and_libraries(tmp_path: Path) -> None:
+    """A shell script's `#!` program, that program's DT_NEEDED library found through its
+    `$ORIGIN` run path, breadth first; a library nobody needs is not listed."""
+    (tmp_path / "dep.c").write_text("int dep(void) { return 7; }\n")
+    (tmp_path / "main.c").write_text("int dep(void);\nint main(void) { return dep(); }\n")
+    _compile(tmp_path / "dep.c", tmp_path / "libdep.so", "-shared", "-fPIC")
+    _compile(
+        tmp_path / "main.c",
+        tmp_path / "tool",
+        f"-L{tmp_path}",
+        "-ldep",
+        "-Wl,-rpath,$ORIGIN/../lib/private",
+        "-Wl,--enable-new-dtags",
+    )
+    entries = [
+        Entry("usr", "dir", perm=0o755),
+        Entry("usr/local", "dir", perm=0o755),
+        Entry("usr/local/bin", "dir", perm=0o755),
+        Entry("usr/local/bin/tool", "file", perm=0o755, data=(tmp_path / "tool").read_bytes()),
+        Entry("usr/local/lib/private/libdep.so", "file", data=(tmp_path / "libdep.so").read_bytes()),
+        Entry("usr/local/lib/private/libunused.so", "file", data=(tmp_path / "libdep.so").read_bytes()),
+        Entry("entry.sh", "file", perm=0o755, data=b"#!/usr/local/bin/tool -x\nexit 0\n"),
+    ]
+    layers = write_layers(str(tmp_path), [entries])
+    command = StartCommand(("./entry.sh",), PATH_ENV, working_dir="/")
+    bootstrap, _, _ = build_layers(str(tmp_path), layers, BuildOptions(start_command=command))
+    assert _listed(bootstrap) == ["/entry.sh", "/usr/local/bin/tool", "/usr/local/lib/private/libdep.so"]
+
+
+@given(stack=layer_stacks(), data=st.data())
+def test_a_guessed_list_changes_layout_not_content(stack: list[list[Entry]], data: st.DataObject) -> None:
+    """Whatever the tree and command (one of its own paths, as a program and as a script),
+    a build with a guessed list holds the same tree as the reference: only the blob order
+    differs, and the guess never fails the build."""
+    paths = sorted({"/" + entry.path for layer in stack for entry in layer} | {"/missing"})
+    program = data.draw(st.sampled_from(paths))
+    argument = data.draw(st.sampled_from(paths))
+    command = StartCommand((program, argument), PATH_ENV, working_dir=data.draw(st.sampled_from(paths)))
+    expected = snapshot_tree(apply_layers(stack))
+    with tempfile.TemporaryDirectory() as directory:
+        layers = write_layers(directory, stack)
+        options = BuildOptions(chunk_size=0x1000, start_command=command)
+        bootstrap, blob_dir, _ = build_layers(directory, layers, options)
+        as_directory, as_tar = unpacked(directory, bootstrap, blob_dir)
+    assert diff(expected, as_directory) == []
+    assert diff(expected, as_tar) == []
+
+
+def test_start_command_from_image_config() -> None:
+    config = {
+        "config": {
+            "Entrypoint": ["/entry"],
+            "Cmd": ["--serve", 3],
+            "Env": ["PATH=/x:/y", "EMPTY=", "BROKEN"],
+            "WorkingDir": "",
+        }
+    }
+    command = StartCommand.from_image_config(config)
+    assert command == StartCommand(("/entry", "--serve"), {"PATH": "/x:/y", "EMPTY": ""}, "/")
+    assert StartCommand.from_image_config({"config": {"Env": ["A=b"]}}) is None
+    assert StartCommand.from_image_config({"config": "nonsense"}) is None
+    assert StartCommand.from_image_config({}) is None
