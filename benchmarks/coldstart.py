@@ -15,7 +15,10 @@ to the exit of the image's workload run with `runc`:
 - `local-disk`: the workload on the image unpacked beforehand on local disk (under a writable
   overlay, as the lazy modes): the floor a lazy start is judged against;
 - `lazy-cold`: mount the converted image with nydusd reading from the registry through the
-  shaper, with an empty cache, under a writable overlay, and run;
+  shaper, with an empty cache, under a writable overlay, and run. The image is converted as a
+  user would, without a trace: `nydusify convert` guesses its prefetch list from the entrypoint;
+- `lazy-bare`: the same on the image converted with `--prefetch-policy none` (no prefetch list:
+  every read a miss until readahead and amplification catch up);
 - `lazy-prefetch`: the same, with the image rebuilt with the files the first run read, in order,
   as its prefetch list;
 - `lazy-warm`: the same as `lazy-cold` with the chunk cache filled by an earlier run;
@@ -77,15 +80,25 @@ from rafs import oci
 from rafs.oci import ImageReference
 from rafs.pathlist import read_prefetch_entries
 
-MODES = ("oci", "local-disk", "lazy-cold", "lazy-prefetch", "lazy-warm", "erofs-cold", "erofs-prefetch", "erofs-warm")
-LAZY_MODES = ("lazy-cold", "lazy-prefetch", "lazy-warm", "erofs-cold", "erofs-prefetch", "erofs-warm")
+MODES = (
+    "oci",
+    "local-disk",
+    "lazy-cold",
+    "lazy-bare",
+    "lazy-prefetch",
+    "lazy-warm",
+    "erofs-cold",
+    "erofs-prefetch",
+    "erofs-warm",
+)
+LAZY_MODES = ("lazy-cold", "lazy-bare", "lazy-prefetch", "lazy-warm", "erofs-cold", "erofs-prefetch", "erofs-warm")
 EROFS_MODES = {
     "erofs-cold": "lazy-cold",
     "erofs-prefetch": "lazy-prefetch",
     "erofs-warm": "lazy-warm",
 }  # the same with fs_driver erofs
 QUICK_IMAGE = "debian-base"
-OCI_TAG, NYDUS_TAG, PREFETCH_TAG = "oci", "nydus", "nydus-prefetch"
+OCI_TAG, NYDUS_TAG, PREFETCH_TAG, BARE_TAG = "oci", "nydus", "nydus-prefetch", "nydus-bare"
 EROFS_SUFFIX = "-erofs"  # the same conversions with `--erofs`, for the erofs-* modes
 
 
@@ -130,7 +143,13 @@ class Prepared:
 
 
 def convert(
-    net: Network, repository: str, target_tag: str, work: Path, prefetch_files: Path | None = None, erofs: bool = False
+    net: Network,
+    repository: str,
+    target_tag: str,
+    work: Path,
+    prefetch_files: Path | None = None,
+    erofs: bool = False,
+    prefetch_policy: str = "entrypoint",
 ) -> float:
     """`nydusify convert` of the OCI image into `target_tag` (setup traffic, not through the shaper)."""
     argv = [
@@ -141,6 +160,7 @@ def convert(
         argv += ["--prefetch-files", str(prefetch_files)]
     if erofs:
         argv += ["--erofs"]
+    argv += ["--prefetch-policy", prefetch_policy]
     started = time.perf_counter()
     completed = subprocess.run(argv, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -159,9 +179,10 @@ def converted_sizes(net: Network, repository: str, tag: str) -> tuple[int, int]:
     return sum(image.blob_sizes), image.bootstrap_size
 
 
-def prepare(net: Network, built: BuiltImage, work: Path, *, erofs: bool = False) -> Prepared:
+def prepare(net: Network, built: BuiltImage, work: Path, *, erofs: bool = False, bare: bool = False) -> Prepared:
     """Push `built` as an OCI image and convert it (both straight to the registry: setup, not
-    measured); with `erofs`, also with `--erofs`, to the same tag with `EROFS_SUFFIX`."""
+    measured); with `erofs`, also with `--erofs`, to the same tag with `EROFS_SUFFIX`; with
+    `bare`, also with no prefetch list, to `BARE_TAG`."""
     repository = f"coldstart/{built.spec.name}"
     client = registry_client()
     try:
@@ -188,6 +209,9 @@ def prepare(net: Network, built: BuiltImage, work: Path, *, erofs: bool = False)
     shutil.rmtree(work / "convert", ignore_errors=True)
     if erofs:
         convert(net, repository, NYDUS_TAG + EROFS_SUFFIX, work / "convert", erofs=True)
+        shutil.rmtree(work / "convert", ignore_errors=True)
+    if bare:
+        convert(net, repository, BARE_TAG, work / "convert", prefetch_policy="none")
         shutil.rmtree(work / "convert", ignore_errors=True)
     return Prepared(built, repository, record)
 
@@ -280,6 +304,8 @@ def run_mode(shaper: Shaper, image: Prepared, mode: str, work: Path) -> RunRecor
         elif lazy_mode == "lazy-warm":
             assert image.warm_dir is not None
             start = lazy_start(shaper, image, NYDUS_TAG + suffix, work, image.warm_dir / "cache", fs_driver=fs_driver)
+        elif lazy_mode == "lazy-bare":
+            start = lazy_start(shaper, image, BARE_TAG, work, work / "cache", fs_driver=fs_driver)
         elif lazy_mode == "lazy-prefetch":
             tag = PREFETCH_TAG + suffix
             start = lazy_start(shaper, image, tag, work, work / "cache", prefetch=True, fs_driver=fs_driver)
@@ -397,7 +423,13 @@ def benchmark(settings: Settings) -> Results:
             print(f"registry {net.direct_host}, shapers {links}, {settings.rtt_ms:g} ms RTT", flush=True)
             for image in built:
                 work = root / image.spec.name
-                prepared = prepare(net, image, work, erofs=any(mode in EROFS_MODES for mode in settings.modes))
+                prepared = prepare(
+                    net,
+                    image,
+                    work,
+                    erofs=any(mode in EROFS_MODES for mode in settings.modes),
+                    bare="lazy-bare" in settings.modes,
+                )
                 prepare_hosts(net, prepared, settings.modes, work)
                 for run in range(settings.runs):
                     for shaper in net.shapers:
