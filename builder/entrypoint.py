@@ -616,7 +616,8 @@ _IMPORT_NAME, _LOAD_CONST, _EXTENDED_ARG = (dis.opmap[name] for name in ("IMPORT
 
 
 def _load_byte_code(data: bytes) -> types.CodeType | None:
-    """The module code in a `.pyc`, if this interpreter wrote that format (its magic number)."""
+    """The module code in a `.pyc`, if this interpreter wrote that format (its magic number).
+    The code is only looked at, never run; what it names is checked before it is used."""
     if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
         return None
     try:
@@ -652,10 +653,15 @@ def _imports_in(code: types.CodeType) -> list[_Request]:
             if position >= 2 and units[position - 2] == _EXTENDED_ARG:
                 argument |= units[position - 1] << 8
             level, names = 0, None
-            if position >= 4 and units[position - 2] == _LOAD_CONST and units[position - 4] == _LOAD_CONST:
-                level_constant = code.co_consts[units[position - 3]]
-                names_constant = code.co_consts[units[position - 1]]
-                level = level_constant if isinstance(level_constant, int) else 0
+            constants = code.co_consts
+            if (
+                position >= 4
+                and units[position - 2] == _LOAD_CONST
+                and units[position - 4] == _LOAD_CONST
+                and max(units[position - 3], units[position - 1]) < len(constants)
+            ):
+                level_constant, names_constant = constants[units[position - 3]], constants[units[position - 1]]
+                level = level_constant if isinstance(level_constant, int) and 0 <= level_constant < 64 else 0
                 if isinstance(names_constant, tuple):
                     names = tuple(name for name in names_constant if isinstance(name, str))
             if argument < len(code.co_names):

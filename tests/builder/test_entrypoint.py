@@ -3,6 +3,7 @@ builds: which files it lists, in which order, and that their chunks lead the blo
 
 from __future__ import annotations
 
+import importlib.util
 import py_compile
 import shutil
 import subprocess
@@ -33,8 +34,7 @@ def _python_image(tmp_path: Path) -> list[Entry]:
     """A small Python install: stdlib, a site package, an app, byte code for some of it."""
     compiled = tmp_path / "compiled"
     compiled.mkdir()
-    os_source = "import stat\nimport posixpath\n"
-    (compiled / "os.py").write_text(os_source)
+    (compiled / "os.py").write_text("import stat\nimport posixpath\n")
     py_compile.compile(str(compiled / "os.py"), cfile=str(compiled / "os.pyc"), doraise=True)
     foreign_pyc = b"\x00\x00\r\n" + bytes(12) + b"not byte code of this interpreter"
     return [
@@ -42,7 +42,9 @@ def _python_image(tmp_path: Path) -> list[Entry]:
         Entry("usr/bin", "dir", perm=0o755),
         Entry("usr/bin/python3", "symlink", target="python3.11"),
         _file("usr/bin/python3.11", b"\x7fELF-not-really"),
-        _file(f"{STDLIB}/os.py", os_source),
+        # the source differs from its byte code: which one the imports were read from shows
+        _file(f"{STDLIB}/os.py", "import posixpath\nimport only_in_source\n"),
+        _file(f"{STDLIB}/only_in_source.py", ""),
         _file(f"{STDLIB}/__pycache__/os.cpython-311.pyc", (compiled / "os.pyc").read_bytes()),
         _file(f"{STDLIB}/stat.py", ""),
         _file(f"{STDLIB}/posixpath.py", "import genericpath\n"),
@@ -52,7 +54,12 @@ def _python_image(tmp_path: Path) -> list[Entry]:
         _file(f"{STDLIB}/encodings/__init__.py", "import codecs\n"),
         _file(f"{STDLIB}/encodings/aliases.py", ""),
         _file(f"{STDLIB}/encodings/utf_8.py", ""),
-        _file(f"{STDLIB}/codecs.py", ""),
+        _file(f"{STDLIB}/codecs.py", "import _codecs_helper\n"),
+        # this interpreter's magic number, then no byte code: the imports come from the source
+        _file(
+            f"{STDLIB}/__pycache__/codecs.cpython-311.pyc", importlib.util.MAGIC_NUMBER + bytes(12) + b"\xff\x00junk"
+        ),
+        _file(f"{STDLIB}/_codecs_helper.py", ""),
         _file(f"{STDLIB}/json/__init__.py", "from .decoder import JSONDecoder\n"),
         _file(f"{STDLIB}/json/decoder.py", "import re\n"),
         _file(f"{STDLIB}/re.py", ""),
@@ -89,11 +96,13 @@ def test_python_start_lists_what_runs_in_the_order_it_runs(tmp_path: Path) -> No
     listed = _listed(bootstrap)
     assert result.start_files == len(listed)
     assert listed[0] == "/usr/bin/python3.11"  # the program, its symlink resolved
-    for path in (f"/{STDLIB}/unused.py", f"/{SITE}/typed.py", f"/{SITE}/never.py", f"/{STDLIB}/os.py"):
+    not_run = ("unused.py", "only_in_source.py", "os.py")
+    for path in (*(f"/{STDLIB}/{name}" for name in not_run), f"/{SITE}/typed.py", f"/{SITE}/never.py"):
         assert path not in listed
     in_order = [
         f"/{STDLIB}/encodings/__init__.py",
-        f"/{STDLIB}/codecs.py",
+        f"/{STDLIB}/__pycache__/codecs.cpython-311.pyc",
+        f"/{STDLIB}/_codecs_helper.py",
         f"/{STDLIB}/site.py",
         f"/{STDLIB}/__pycache__/os.cpython-311.pyc",  # the byte code the interpreter reads
         f"/{STDLIB}/stat.py",  # an import read out of that byte code
