@@ -7,9 +7,10 @@ names the next; Python runs a module, which imports the next. Each link costs a 
 nothing in the daemon can know the next file before the previous one is read. The builder can:
 it has every file. From the config's `Entrypoint` + `Cmd` (with its `PATH`, `PYTHONPATH`,
 `LD_LIBRARY_PATH` and working directory) it follows
-- programs: a script's `#!` interpreter; an ELF file's interpreter and DT_NEEDED libraries,
-  searched as the dynamic loader searches (DT_RPATH, LD_LIBRARY_PATH, DT_RUNPATH with `$ORIGIN`,
-  `/etc/ld.so.conf`, the default directories);
+- programs: a script's `#!` interpreter (and an entrypoint script's arguments, when they name a
+  program: `exec "$@"`); `env`'s command; each simple command of `sh -c` (with its `cd`); an ELF
+  file's interpreter and DT_NEEDED libraries, searched as the dynamic loader searches (DT_RPATH,
+  LD_LIBRARY_PATH, DT_RUNPATH with `$ORIGIN`, `/etc/ld.so.conf`, the default directories);
 - Python: the interpreter's start-up modules, then the script's (or `-m` module's) imports, found
   on the interpreter's search path as its import system finds them, recursively, in the order
   they run. Only imports that run when a module is imported count (not those inside functions,
@@ -35,6 +36,7 @@ import importlib.util
 import marshal
 import posixpath
 import re
+import shlex
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +60,9 @@ _MULTIARCH_BY_MACHINE = {
 }
 # Read at every Python start before `site` (imported by the interpreter itself, not by a statement)
 _PYTHON_START_MODULES = ("encodings", "encodings.aliases", "encodings.utf_8", "site", "sitecustomize")
-_PYTHON_ARG_OPTIONS = frozenset("WXQ")  # options that take the next argument (`-c` and `-m` are handled apart)
+_PYTHON_ARG_OPTIONS = frozenset("WXQ")
+_SHELLS = frozenset(("sh", "bash", "dash", "ash", "zsh", "busybox"))
+_MAX_COMMAND_DEPTH = 8  # programs that run programs: a script, its interpreter, `env`, `sh -c`  # options that take the next argument (`-c` and `-m` are handled apart)
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ class StartGuess:
         self._seen: set[str] = set()
         self._modules: dict[str, _Module | None] = {}
         self._visited_modules: set[str] = set()
+        self._sources_run: set[str] = set()  # Python sources whose imports were followed
         self._library_dirs: list[str] | None = None
         self._python_tag = ""
         self._extension_cache: dict[str, dict[str, str]] = {}
@@ -215,31 +220,46 @@ class StartGuess:
 
     # ---- programs
     def run(self) -> list[PrefetchEntry]:
-        argv = list(self.command.argv)
-        for _ in range(4):  # a script's interpreter may itself be a script (rarely more than once)
-            program = self._find_program(argv[0])
-            if program is None:
-                break
-            path, node = program
-            head = self.files.read(node, 0, 256)
-            if head.startswith(b"#!"):
-                self._list_once(path, node)
-                interpreter = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
-                if not interpreter:
-                    break
-                argv = [*interpreter, path, *argv[1:]]
-                continue
-            self._elf(path, node)
-            self._maybe_python(path, argv)
-            break
+        self._command(list(self.command.argv), self.command.working_dir, depth=0)
         for path, node in self._code_last:  # what readahead would fetch of them, fetched ahead of it
             if self.listed_bytes < self.limits.max_listed_bytes:
                 self._list(path, node)
         return self.entries
 
-    def _find_program(self, name: str) -> tuple[str, FsNode] | None:
+    def _command(self, argv: list[str], cwd: str, depth: int) -> None:
+        """Follow one command line: its program, and what that program will run in turn."""
+        if not argv or depth > _MAX_COMMAND_DEPTH:
+            return
+        program = self._find_program(argv[0], cwd)
+        if program is None:
+            return
+        path, node = program
+        head = self.files.read(node, 0, 256)
+        if head.startswith(b"#!"):
+            self._list_once(path, node)
+            interpreter = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+            self._command([*interpreter, path, *argv[1:]], cwd, depth + 1)
+            if len(argv) > 1 and self._find_program(argv[1], cwd) is not None:
+                # an entrypoint script's arguments are most often the command it ends with (`exec "$@"`)
+                self._command(argv[1:], cwd, depth + 1)
+            return
+        self._elf(path, node)
+        invoked = {posixpath.basename(argv[0]), posixpath.basename(path)}
+        if "env" in invoked:
+            self._command(_after_env(argv[1:]), cwd, depth + 1)
+        elif invoked & _SHELLS and "-c" in argv[1:]:
+            script = argv[argv.index("-c", 1) + 1] if argv.index("-c", 1) + 1 < len(argv) else ""
+            for words in _shell_commands(script):
+                if words[0] == "cd" and len(words) == 2:
+                    cwd = posixpath.join(cwd, words[1])
+                else:
+                    self._command(words, cwd, depth + 1)
+        else:
+            self._maybe_python(path, argv, cwd)
+
+    def _find_program(self, name: str, cwd: str) -> tuple[str, FsNode] | None:
         if "/" in name:
-            return self.files.file(posixpath.join(self.command.working_dir, name))
+            return self.files.file(posixpath.join(cwd, name))
         for directory in self.command.env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
             found = self.files.file(posixpath.join(directory or ".", name))
             if found is not None:
@@ -325,7 +345,7 @@ class StartGuess:
                 directories.append(line)
 
     # ---- Python
-    def _maybe_python(self, executable: str, argv: list[str]) -> None:
+    def _maybe_python(self, executable: str, argv: list[str], cwd: str) -> None:
         match = _PYTHON_NAME.fullmatch(posixpath.basename(executable))
         if match is None or match[1] != "3":
             return
@@ -334,7 +354,7 @@ class StartGuess:
             return
         self._python_tag = f"cpython-3{version}"
         script, module, code = _python_target(argv[1:])
-        first_entry = posixpath.dirname(posixpath.join(self.command.working_dir, script)) if script else ""
+        first_entry = posixpath.dirname(posixpath.join(cwd, script)) if script else ""
         self._python_path = (
             *([first_entry] if first_entry else []),
             *(part for part in self.command.env.get("PYTHONPATH", "").split(":") if part.startswith("/")),
@@ -350,7 +370,7 @@ class StartGuess:
                         self._list_once(*found)
         self._locale(executable)
         if script:
-            found = self.files.file(posixpath.join(self.command.working_dir, script))
+            found = self.files.file(posixpath.join(cwd, script))
             if found is not None:
                 self._python_source(found[0], found[1], "__main__", package="")
         elif module:
@@ -527,15 +547,16 @@ class StartGuess:
     def _python_source(self, path: str, node: FsNode, name: str, package: str) -> None:
         """List what the interpreter reads for the module at `path` (as found on the search path)
         and run its imports."""
-        if not self._first_visit(path):
+        if path in self._sources_run or not self._budget_left():
             return
+        self._sources_run.add(path)
         directory, file_name = posixpath.split(path)
         cached = self.files.file(f"{directory}/__pycache__/{file_name[:-3]}.{self._python_tag}.pyc")
         if name != "__main__" and cached is not None and self._python_tag:
-            self._list(*cached)
-        else:
+            self._list_once(*cached)
+        else:  # a script (perhaps listed already, as the program a `#!` names) is read as source
             resolved = self.files.file(path)
-            self._list(resolved[0] if resolved else path, node)
+            self._list_once(resolved[0] if resolved else path, node)
         if cached is not None and cached[1].size <= _MAX_SOURCE_BYTES:
             code = _load_byte_code(self.files.read(cached[1], 0, cached[1].size))
             if code is not None:  # byte code this interpreter reads: 50x faster than parsing
@@ -668,6 +689,53 @@ def _imports_in(code: types.CodeType) -> list[_Request]:
                 requests.append((code.co_names[argument], level, names))
         position = units.find(_IMPORT_NAME, position + 1)
     return requests
+
+
+def _after_env(arguments: Sequence[str]) -> list[str]:
+    """The command `env [OPTION]... [NAME=VALUE]... COMMAND...` runs (`#!/usr/bin/env python3`)."""
+    position = 0
+    while position < len(arguments):
+        argument = arguments[position]
+        if argument in ("-u", "--unset", "-C", "--chdir"):
+            position += 2
+        elif argument.startswith("-S") and len(argument) > 2:
+            return [*argument[2:].split(), *arguments[position + 1 :]]
+        elif argument in ("-S", "--split-string") and position + 1 < len(arguments):
+            return [*arguments[position + 1].split(), *arguments[position + 2 :]]
+        elif argument.startswith("-") or _is_assignment(argument):
+            position += 1
+        else:
+            return list(arguments[position:])
+    return []
+
+
+def _is_assignment(word: str) -> bool:
+    name, equals, _ = word.partition("=")
+    return bool(equals) and name.isidentifier()
+
+
+def _shell_commands(script: str) -> list[list[str]]:
+    """The simple commands of a `sh -c` string, in order, each without its leading `exec` and
+    variable assignments (`cd /app && exec gunicorn app:main`). Quoting as the shell would;
+    anything it cannot split yields nothing."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return []
+    commands: list[list[str]] = []
+    words: list[str] = []
+    for token in [*tokens, ";"]:
+        if token and all(character in "();<>|&" for character in token):
+            while words and (words[0] in ("exec", "command", "nohup") or _is_assignment(words[0])):
+                words.pop(0)
+            if words:
+                commands.append(words)
+            words = []
+        else:
+            words.append(token)
+    return commands
 
 
 def _machine_of(files: TreeFiles, path: str) -> int:

@@ -123,6 +123,37 @@ def test_python_start_lists_what_runs_in_the_order_it_runs(tmp_path: Path) -> No
     assert [path for path in listed if path in in_order] == in_order
 
 
+@pytest.mark.parametrize(
+    ("argv", "working_dir", "first"),
+    [
+        (("/bin/sh", "-c", "cd /app && exec env DEBUG=1 python3 -u main.py --port 80"), "/", "/bin/sh"),
+        (("/entry.sh", "python3", "main.py"), "/app", "/entry.sh"),  # an entrypoint script, then CMD
+        (("/app/tool", "--flag"), "/", "/app/tool"),  # `#!/usr/bin/env python3`
+    ],
+)
+def test_commands_that_run_python_lead_to_its_modules(
+    tmp_path: Path, argv: tuple[str, ...], working_dir: str, first: str
+) -> None:
+    """Through `sh -c` (cd, exec, env, assignments), an entrypoint script whose arguments are
+    the command, and a script whose `#!` is `/usr/bin/env python3`."""
+    image = [
+        *_python_image(tmp_path),
+        Entry("bin", "dir", perm=0o755),
+        _file("bin/sh", b"a shell"),
+        _file("usr/bin/env", b"env"),
+        Entry("entry.sh", "file", perm=0o755, data=b'#!/bin/sh\nset -e\nexec "$@"\n'),
+        Entry("app/tool", "file", perm=0o755, data=b"#!/usr/bin/env python3\nimport json\n"),
+    ]
+    layers = write_layers(str(tmp_path), [image])
+    command = StartCommand(argv, PATH_ENV, working_dir=working_dir)
+    bootstrap, _, _ = build_layers(str(tmp_path), layers, BuildOptions(start_command=command))
+    listed = _listed(bootstrap)
+    assert listed[0] == first
+    assert "/usr/bin/python3.11" in listed and f"/{STDLIB}/json/decoder.py" in listed
+    if first != "/app/tool":
+        assert f"/{SITE}/pkg/sub.py" in listed  # main.py's imports: found with the right directory
+
+
 def test_no_command_and_none_policy_list_nothing(tmp_path: Path) -> None:
     layers = write_layers(str(tmp_path), [_python_image(tmp_path)])
     bootstrap, _, result = build_layers(str(tmp_path), layers, BuildOptions())
