@@ -18,6 +18,9 @@ ELF_MAGIC = b"\x7fELF"
 _PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
 _PF_X, _PF_W = 1, 2
 _DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_STRSZ, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 10, 15, 29
+# (address tag, size tag) of the tables the loader reads whole: strings, relocations (RELA, REL,
+# and the PLT's), symbol versions have no size tag but lie before these.
+_DT_TABLES = ((5, 10), (7, 8), (17, 18), (23, 2))
 _MAX_PROGRAM_HEADERS = 256
 _MAX_DYNAMIC_BYTES = 1 << 20
 _MAX_STRING_TABLE_BYTES = 64 << 20
@@ -47,23 +50,30 @@ class DynamicInfo:
     runpath: tuple[str, ...]
     segments: tuple[Segment, ...]
     machine: int
+    tables_end: int = 0  # file offset where the dynamic linking tables end (0: not known)
 
     def load_ranges(self) -> list[tuple[int, int]]:
         """Byte ranges the loader reads in full when it maps the file: the headers and dynamic
-        linking tables (the first segment; its first 256 KiB in an old layout where the first
-        segment is code too) and every writable segment (relocations are applied there). Code
-        and read-only data are read page by page as they are used, so they are left to
-        readahead."""
+        linking tables at its start (up to `tables_end`; else the first segment, at most
+        256 KiB of it) and every writable segment (relocations are applied there). Code and
+        read-only data are read page by page as they are used, so they are left out."""
         ranges: list[tuple[int, int]] = []
-        for position, segment in enumerate(self.segments):
-            size = segment.file_size
-            if position == 0 and segment.executable:
-                size = min(size, _OLD_LAYOUT_HEAD_BYTES)
-            elif position != 0 and not segment.writable:
-                continue
-            if size:
-                ranges.append((segment.file_offset, segment.file_offset + size))
+        if self.segments:
+            first = self.segments[0]
+            head_end = self.tables_end or first.file_offset + min(first.file_size, _OLD_LAYOUT_HEAD_BYTES)
+            ranges.append((0, head_end))
+        for segment in self.segments:
+            if segment.writable and segment.file_size:
+                ranges.append((segment.file_offset, segment.file_offset + segment.file_size))
         return ranges
+
+    def code_ranges(self) -> list[tuple[int, int]]:
+        """The executable segments: read page by page as the code runs."""
+        return [
+            (segment.file_offset, segment.file_offset + segment.file_size)
+            for segment in self.segments
+            if segment.executable and segment.file_size
+        ]
 
 
 def parse_dynamic(read: ReadAt, file_size: int) -> DynamicInfo | None:
@@ -115,8 +125,10 @@ def parse_dynamic(read: ReadAt, file_size: int) -> DynamicInfo | None:
     needed: list[str] = []
     rpath: list[str] = []
     runpath: list[str] = []
+    tables_end = 0
     if dynamic is not None:
         entries = _dynamic_entries(read(*dynamic), order + ("qQ" if is_64 else "iI"))
+        tables_end = _tables_end(entries, segments, file_size)
         strings = _string_table(read, entries, segments, file_size)
         if strings is not None:
             for tag, value in entries:
@@ -129,7 +141,7 @@ def parse_dynamic(read: ReadAt, file_size: int) -> DynamicInfo | None:
                     rpath.extend(part for part in text.split(":") if part)
                 elif tag == _DT_RUNPATH:
                     runpath.extend(part for part in text.split(":") if part)
-    return DynamicInfo(interpreter, tuple(needed), tuple(rpath), tuple(runpath), tuple(segments), machine)
+    return DynamicInfo(interpreter, tuple(needed), tuple(rpath), tuple(runpath), tuple(segments), machine, tables_end)
 
 
 def _dynamic_entries(data: bytes, entry_format: str) -> list[tuple[int, int]]:
@@ -143,6 +155,28 @@ def _dynamic_entries(data: bytes, entry_format: str) -> list[tuple[int, int]]:
     return entries
 
 
+def _file_offset(address: int, segments: list[Segment]) -> int | None:
+    for segment in segments:
+        if segment.virtual_address <= address < segment.virtual_address + segment.file_size:
+            return segment.file_offset + address - segment.virtual_address
+    return None
+
+
+def _tables_end(entries: list[tuple[int, int]], segments: list[Segment], file_size: int) -> int:
+    """Where the last of the dynamic linking tables ends in the file (0 if none is found in the
+    first segment, as they are in every layout GNU ld and lld write)."""
+    values = dict(entries)
+    end = 0
+    for address_tag, size_tag in _DT_TABLES:
+        if address_tag in values and size_tag in values:
+            offset = _file_offset(values[address_tag], segments)
+            if offset is not None:
+                end = max(end, offset + values[size_tag])
+    if not segments or end > segments[0].file_offset + segments[0].file_size or end > file_size:
+        return 0
+    return end
+
+
 def _string_table(
     read: ReadAt, entries: list[tuple[int, int]], segments: list[Segment], file_size: int
 ) -> bytes | None:
@@ -151,14 +185,11 @@ def _string_table(
     size = next((value for tag, value in entries if tag == _DT_STRSZ), None)
     if address is None or size is None or size > _MAX_STRING_TABLE_BYTES:
         return None
-    for segment in segments:
-        if segment.virtual_address <= address < segment.virtual_address + segment.file_size:
-            offset = segment.file_offset + address - segment.virtual_address
-            if offset + size > file_size:
-                return None
-            data = read(offset, size)
-            return data if len(data) == size else None
-    return None
+    offset = _file_offset(address, segments)
+    if offset is None or offset + size > file_size:
+        return None
+    data = read(offset, size)
+    return data if len(data) == size else None
 
 
 def _string_at(strings: bytes, offset: int) -> str | None:

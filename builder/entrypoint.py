@@ -19,8 +19,9 @@ it has every file. From the config's `Entrypoint` + `Cmd` (with its `PATH`, `PYT
   there is one; an extension module brings its libraries; a non-extension `lib*.so` inside an
   imported package (loaded with `ctypes`) is followed too.
 A large ELF file is listed by the ranges the loader reads in full (headers, dynamic tables,
-writable data) where it is met, and whole at the end of the list: its code is read page by page
-as it runs, so it is fetched after everything else and on-demand reads of it overtake.
+writable data) where it is met, and its code at the end of the list: code is read page by page as
+it runs, so it is fetched after everything else and on-demand reads of it overtake. Its
+read-only data (ICU's 30 MB of tables, say) is left to on-demand reads.
 
 It is a guess: what it misses is fetched on demand, and what it lists wrongly costs bandwidth,
 not correctness. Nothing here raises for odd files; a file that cannot be read or parsed is
@@ -192,7 +193,8 @@ class StartGuess:
         self._python_tag = ""
         self._extension_cache: dict[str, dict[str, str]] = {}
         self._python_path: tuple[str, ...] = ()
-        self._code_last: list[tuple[str, FsNode]] = []  # large ELF files, listed whole at the end
+        # large ELF files and their code, listed at the end (path, file, code ranges)
+        self._code_last: list[tuple[str, FsNode, list[tuple[int, int]]]] = []
         # function bodies met in the first wave; None once the second wave runs
         self._deferred: list[Callable[[], object]] | None = [] if limits.function_imports else None
 
@@ -221,9 +223,9 @@ class StartGuess:
     # ---- programs
     def run(self) -> list[PrefetchEntry]:
         self._command(list(self.command.argv), self.command.working_dir, depth=0)
-        for path, node in self._code_last:  # what readahead would fetch of them, fetched ahead of it
+        for path, node, code in self._code_last:  # what readahead would fetch of them, ahead of it
             if self.listed_bytes < self.limits.max_listed_bytes:
-                self._list(path, node)
+                self._list(path, node, code)
         return self.entries
 
     def _command(self, argv: list[str], cwd: str, depth: int) -> None:
@@ -285,7 +287,7 @@ class StartGuess:
                 self._list(current_path, current)
             else:
                 self._list(current_path, current, info.load_ranges())
-                self._code_last.append((current_path, current))
+                self._code_last.append((current_path, current, info.code_ranges()))
             if info is None:
                 continue
             if info.interpreter:

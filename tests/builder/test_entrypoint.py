@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from builder.build import BuildOptions
+from builder.elf import parse_dynamic
 from builder.entrypoint import StartCommand
 from rafs.mapped import open_bootstrap
 from tests.builder.common import build_layers, unpacked, write_layers
@@ -247,3 +248,31 @@ def test_start_command_from_image_config() -> None:
     assert StartCommand.from_image_config({"config": {"Env": ["A=b"]}}) is None
     assert StartCommand.from_image_config({"config": "nonsense"}) is None
     assert StartCommand.from_image_config({}) is None
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (scripts/install.sh installs it)")
+def test_elf_reader_finds_tables_segments_and_refuses_what_is_not_elf(tmp_path: Path) -> None:
+    (tmp_path / "main.c").write_text("#include <math.h>\nint main(int c, char **v) { return (int)sqrt(c); }\n")
+    _compile(tmp_path / "main.c", tmp_path / "tool", "-lm", "-Wl,-rpath,/opt/lib")
+    data = (tmp_path / "tool").read_bytes()
+
+    def read(offset: int, size: int) -> bytes:
+        return data[offset : offset + size]
+
+    info = parse_dynamic(read, len(data))
+    assert info is not None
+    assert info.interpreter and info.interpreter.startswith("/lib")
+    assert "libm.so.6" in info.needed and "libc.so.6" in info.needed
+    assert "/opt/lib" in info.rpath + info.runpath
+    first = info.segments[0]
+    assert 0 < info.tables_end <= first.file_offset + first.file_size
+    loads = info.load_ranges()
+    assert loads[0] == (0, info.tables_end)
+    assert loads[1:] == [(s.file_offset, s.file_offset + s.file_size) for s in info.segments if s.writable]
+    assert info.code_ranges() and all(
+        any(s.executable and (s.file_offset, s.file_offset + s.file_size) == code for s in info.segments)
+        for code in info.code_ranges()
+    )
+    for broken in (data[:40], data[:200], b"\x7fELF" + bytes(60), b"#!/bin/sh\n", bytes(100)):
+        data = broken
+        assert parse_dynamic(read, len(broken)) is None
