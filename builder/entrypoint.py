@@ -245,7 +245,7 @@ class StartGuess:
                 # an entrypoint script's arguments are most often the command it ends with (`exec "$@"`)
                 self._command(argv[1:], cwd, depth + 1)
             return
-        self._elf(path, node)
+        self._elf(path, node, executed=True)
         invoked = {posixpath.basename(argv[0]), posixpath.basename(path)}
         if "env" in invoked:
             self._command(_after_env(argv[1:]), cwd, depth + 1)
@@ -273,8 +273,11 @@ class StartGuess:
             self._list(path, node)
 
     # ---- ELF files and their libraries
-    def _elf(self, path: str, node: FsNode) -> None:
-        """List `path` and, breadth first as the loader maps them, every library it needs."""
+    def _elf(self, path: str, node: FsNode, *, executed: bool = False) -> None:
+        """List `path` and, breadth first as the loader maps them, every library it needs. An
+        `executed` program and its libraries are listed whole: its code runs from the first
+        instruction on. A library loaded later (an extension module) is listed by its load
+        ranges, its code at the end of the list."""
         queue = [(path, node)]
         while queue:
             current_path, current = queue.pop(0)
@@ -283,7 +286,7 @@ class StartGuess:
             info = None
             if self.files.read(current, 0, 4) == ELF_MAGIC:
                 info = parse_dynamic(functools.partial(self.files.read, current), current.size)
-            if info is None or current.size <= _WHOLE_ELF_BYTES:
+            if info is None or executed or current.size <= _WHOLE_ELF_BYTES:
                 self._list(current_path, current)
             else:
                 self._list(current_path, current, info.load_ranges())

@@ -276,3 +276,35 @@ def test_elf_reader_finds_tables_segments_and_refuses_what_is_not_elf(tmp_path: 
     for broken in (data[:40], data[:200], b"\x7fELF" + bytes(60), b"#!/bin/sh\n", bytes(100)):
         data = broken
         assert parse_dynamic(read, len(broken)) is None
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (scripts/install.sh installs it)")
+def test_a_large_program_is_listed_whole_a_large_extension_by_its_parts(tmp_path: Path) -> None:
+    """The program runs from its first instruction: whole. A large extension module is loaded
+    later: its loader parts where it is imported, its code after everything else, its 3 MB of
+    read-only data not at all."""
+    big_table = "static const unsigned char table[3 << 20] = {1, 2, 3};\n"
+    (tmp_path / "python.c").write_text(big_table + "int main(void) { return table[7]; }\n")
+    (tmp_path / "ext.c").write_text(big_table + "int ext(int i) { return table[i]; }\n")
+    _compile(tmp_path / "python.c", tmp_path / "python3.11")
+    _compile(tmp_path / "ext.c", tmp_path / "ext.so", "-shared", "-fPIC")
+    extension = f"{SITE}/fast.cpython-311-x86_64-linux-gnu.so"
+    image = [entry for entry in _python_image(tmp_path) if entry.path not in ("usr/bin/python3.11", f"{SITE}/slow.py")]
+    image += [
+        Entry("usr/bin/python3.11", "file", perm=0o755, data=(tmp_path / "python3.11").read_bytes()),
+        Entry(extension, "file", data=(tmp_path / "ext.so").read_bytes()),
+    ]
+    layers = write_layers(str(tmp_path), [image])
+    command = StartCommand(("python3", "/app/main.py"), PATH_ENV)
+    options = BuildOptions(chunk_size=0x1000, start_command=command)
+    bootstrap = open_bootstrap(build_layers(str(tmp_path), layers, options)[0])
+    table = bootstrap.prefetch_chunks()  # (inode, chunk index) in list order
+    program, module = bootstrap.resolve(b"/usr/bin/python3.11"), bootstrap.resolve(f"/{extension}".encode())
+    lazy = bootstrap.resolve(f"/{SITE}/lazy.py".encode())
+    assert program is not None and module is not None and lazy is not None
+    assert sorted(index for ino, index in table if ino == program) == list(range(len(list(bootstrap.chunks(program)))))
+    module_positions = [position for position, (ino, _) in enumerate(table) if ino == module]
+    assert 0 < len(module_positions) < len(list(bootstrap.chunks(module))) // 4  # not its 3 MB table
+    lazy_position = next(position for position, (ino, _) in enumerate(table) if ino == lazy)
+    assert module_positions[0] < lazy_position < module_positions[-1]  # head where imported, code last
+    assert all(ino == module for ino, _ in table[module_positions[-1] :])
