@@ -91,10 +91,14 @@ class StartCommand:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one guess: files looked at, and bytes listed (the prefetch it asks for)."""
+    """Bounds on one guess: files looked at, bytes listed (the prefetch it asks for), and Python
+    source parsed. Parsing is the slow part (about 3 MB/s), needed where the image's byte code
+    is not the builder's interpreter's format; the bound keeps a conversion's time in check and
+    its output the same on any machine (a byte count, not a clock)."""
 
     max_files: int = 20_000
     max_listed_bytes: int = 1 << 30
+    max_parsed_source_bytes: int = 64 << 20
     function_imports: bool = True  # also follow imports inside functions, after the rest
 
 
@@ -189,6 +193,7 @@ class StartGuess:
         self._modules: dict[str, _Module | None] = {}
         self._visited_modules: set[str] = set()
         self._sources_run: set[str] = set()  # Python sources whose imports were followed
+        self._parsed_bytes = 0
         self._library_dirs: list[str] | None = None
         self._python_tag = ""
         self._extension_cache: dict[str, dict[str, str]] = {}
@@ -572,7 +577,8 @@ class StartGuess:
                     for requested, level, names in in_functions:
                         self._deferred.append(functools.partial(self._request, requested, level, names, package))
                 return
-        if node.size <= _MAX_SOURCE_BYTES:
+        if node.size <= _MAX_SOURCE_BYTES and self._parsed_bytes + node.size <= self.limits.max_parsed_source_bytes:
+            self._parsed_bytes += node.size
             self._python_statements(_parse(self.files.read(node, 0, node.size)), name, package)
 
     def _request(self, requested: str, level: int, names: tuple[str, ...] | None, package: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import py_compile
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,8 +17,9 @@ from hypothesis import strategies as st
 
 from builder.build import BuildOptions
 from builder.elf import parse_dynamic
-from builder.entrypoint import StartCommand
+from builder.entrypoint import Limits, StartCommand, TreeFiles, guess_start_files
 from rafs.mapped import open_bootstrap
+from rafs.tree import FsNode, new_directory
 from tests.builder.common import build_layers, unpacked, write_layers
 from tests.reference import Entry, apply_layers, diff, snapshot_tree
 from tests.strategies import layer_stacks
@@ -308,3 +310,43 @@ def test_a_large_program_is_listed_whole_a_large_extension_by_its_parts(tmp_path
     lazy_position = next(position for position, (ino, _) in enumerate(table) if ino == lazy)
     assert module_positions[0] < lazy_position < module_positions[-1]  # head where imported, code last
     assert all(ino == module for ino, _ in table[module_positions[-1] :])
+
+
+def _tree(files: dict[str, bytes]) -> TreeFiles:
+    """An in-memory tree of regular files (directories made as needed)."""
+    root = new_directory()
+    contents: dict[int, bytes] = {}
+    for path, data in files.items():
+        *parents, name = path.strip("/").split("/")
+        directory = root
+        for part in parents:
+            directory = directory.children.setdefault(part.encode(), new_directory())
+        node = FsNode(mode=stat.S_IFREG | 0o755, size=len(data))
+        directory.children[name.encode()] = node
+        contents[id(node)] = data
+    return TreeFiles(root, lambda node, offset, size: contents[id(node)][offset : offset + size])
+
+
+def test_limits_bound_the_files_looked_at_and_the_source_parsed() -> None:
+    files = {
+        "/usr/bin/python3.11": b"interpreter",
+        "/usr/lib/python3.11/os.py": b"",
+        "/app/main.py": b"import first\nimport second\n",
+        "/app/first.py": b"import third\n",
+        "/app/second.py": b"",
+        "/app/third.py": b"",
+    }
+    command = StartCommand(("/usr/bin/python3.11", "/app/main.py"), PATH_ENV)
+    everything = [entry.path for entry in guess_start_files(_tree(files), command)]
+    assert everything == [
+        b"/usr/bin/python3.11",
+        b"/app/main.py",
+        b"/app/first.py",
+        b"/app/third.py",
+        b"/app/second.py",
+    ]
+    three_files = guess_start_files(_tree(files), command, Limits(max_files=3))
+    assert [entry.path for entry in three_files] == everything[:3]
+    # the script is parsed (27 bytes), `first` (13 bytes) would pass the bound
+    no_more_source = guess_start_files(_tree(files), command, Limits(max_parsed_source_bytes=30))
+    assert [entry.path for entry in no_more_source] == [everything[0], everything[1], everything[2], everything[4]]
