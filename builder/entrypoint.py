@@ -11,39 +11,45 @@ it has every file. From the config's `Entrypoint` + `Cmd` (with its `PATH`, `PYT
   program: `exec "$@"`); `env`'s command; each simple command of `sh -c` (with its `cd`); an ELF
   file's interpreter and DT_NEEDED libraries, searched as the dynamic loader searches (DT_RPATH,
   LD_LIBRARY_PATH, DT_RUNPATH with `$ORIGIN`, `/etc/ld.so.conf`, the default directories);
-- Python: the interpreter's start-up modules, then the script's (or `-m` module's) imports, found
-  on the interpreter's search path as its import system finds them, recursively, in the order
-  they run. Only imports that run when a module is imported count (not those inside functions,
-  under `if TYPE_CHECKING`, or in an `except ImportError` whose `try` imports resolved). The
-  listed file is the byte-code cache the interpreter reads (`__pycache__/NAME.TAG.pyc`) when
-  there is one; an extension module brings its libraries; a non-extension `lib*.so` inside an
-  imported package (loaded with `ctypes`) is followed too.
-A large ELF file is listed by the ranges the loader reads in full (headers, dynamic tables,
-writable data) where it is met, and its code at the end of the list: code is read page by page as
-it runs, so it is fetched after everything else and on-demand reads of it overtake. Its
-read-only data (ICU's 30 MB of tables, say) is left to on-demand reads.
+- Python: the interpreter's start-up modules (and the locale it loads), then the script's (or
+  `-m` module's) imports, found on the interpreter's search path as its import system finds
+  them, recursively, in the order they run (`builder.pycode` reads them from byte code or
+  source). Imports that run when a module is imported come first; those inside functions after
+  them (a start calls some); those under `if TYPE_CHECKING` or in an `except ImportError` whose
+  `try` imports resolved never. The listed file is the byte-code cache the interpreter reads
+  (`__pycache__/NAME.TAG.pyc`) when there is one; an extension module brings its libraries and
+  the modules its compiled code names; a non-extension `lib*.so` inside an imported package
+  (loaded with `ctypes`) is followed too.
+The program and the libraries it starts with are listed whole: they run at once. A large library
+loaded later is listed by the ranges the loader reads in full (headers, dynamic tables, writable
+data) where it is met, and its code at the end of the list: code is read page by page as it
+runs, so it is fetched after everything else and on-demand reads of it overtake. Its read-only
+data (ICU's 30 MB of tables, say) is left to on-demand reads.
 
 It is a guess: what it misses is fetched on demand, and what it lists wrongly costs bandwidth,
 not correctness. Nothing here raises for odd files; a file that cannot be read or parsed is
-listed and not followed. `Limits` bounds the work and the bytes listed.
+listed and not followed. `Limits` bounds the files looked at, the bytes listed and the source
+parsed, so a conversion's time stays bounded and its output is the same on any machine.
 """
 
 from __future__ import annotations
 
 import ast
-import dis
 import functools
-import importlib.util
-import marshal
 import posixpath
 import re
 import shlex
-import types
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from builder.elf import ELF_MAGIC, parse_dynamic
+from builder.pycode import (
+    byte_code_imports,
+    is_type_checking,
+    load_byte_code,
+    parse_source,
+    python_target,
+)
 from rafs.pathlist import PrefetchEntry
 from rafs.tree import FsNode
 
@@ -61,9 +67,8 @@ _MULTIARCH_BY_MACHINE = {
 }
 # Read at every Python start before `site` (imported by the interpreter itself, not by a statement)
 _PYTHON_START_MODULES = ("encodings", "encodings.aliases", "encodings.utf_8", "site", "sitecustomize")
-_PYTHON_ARG_OPTIONS = frozenset("WXQ")
 _SHELLS = frozenset(("sh", "bash", "dash", "ash", "zsh", "busybox"))
-_MAX_COMMAND_DEPTH = 8  # programs that run programs: a script, its interpreter, `env`, `sh -c`  # options that take the next argument (`-c` and `-m` are handled apart)
+_MAX_COMMAND_DEPTH = 8  # programs that run programs: a script, its interpreter, `env`, `sh -c`
 
 
 @dataclass(frozen=True)
@@ -363,7 +368,7 @@ class StartGuess:
         if version is None:
             return
         self._python_tag = f"cpython-3{version}"
-        script, module, code = _python_target(argv[1:])
+        script, module, code = python_target(argv[1:])
         first_entry = posixpath.dirname(posixpath.join(cwd, script)) if script else ""
         self._python_path = (
             *([first_entry] if first_entry else []),
@@ -387,7 +392,7 @@ class StartGuess:
             self._import("runpy")
             self._import(module)
         elif code:
-            self._python_statements(_parse(code.encode()), "__main__", package="")
+            self._python_statements(parse_source(code.encode()), "__main__", package="")
         self._function_imports()
 
     def _locale(self, executable: str) -> None:
@@ -568,9 +573,9 @@ class StartGuess:
             resolved = self.files.file(path)
             self._list_once(resolved[0] if resolved else path, node)
         if cached is not None and cached[1].size <= _MAX_SOURCE_BYTES:
-            code = _load_byte_code(self.files.read(cached[1], 0, cached[1].size))
+            code = load_byte_code(self.files.read(cached[1], 0, cached[1].size))
             if code is not None:  # byte code this interpreter reads: 50x faster than parsing
-                module_level, in_functions = _byte_code_imports(code)
+                module_level, in_functions = byte_code_imports(code)
                 for requested, level, names in module_level:
                     self._request(requested, level, names, package)
                 if self._deferred is not None:
@@ -579,7 +584,7 @@ class StartGuess:
                 return
         if node.size <= _MAX_SOURCE_BYTES and self._parsed_bytes + node.size <= self.limits.max_parsed_source_bytes:
             self._parsed_bytes += node.size
-            self._python_statements(_parse(self.files.read(node, 0, node.size)), name, package)
+            self._python_statements(parse_source(self.files.read(node, 0, node.size)), name, package)
 
     def _request(self, requested: str, level: int, names: tuple[str, ...] | None, package: str) -> bool:
         """One import as byte code asks for it: `import requested` when `names` is None, else
@@ -600,7 +605,7 @@ class StartGuess:
             elif isinstance(statement, ast.ImportFrom):
                 all_found &= self._import_from(statement, package)
             elif isinstance(statement, ast.If):
-                if not _is_type_checking(statement.test):
+                if not is_type_checking(statement.test):
                     all_found &= self._python_statements(statement.body, name, package)
                 all_found &= self._python_statements(statement.orelse, name, package)
             elif isinstance(statement, ast.Try | ast.TryStar):
@@ -640,66 +645,6 @@ class StartGuess:
             if alias.name != "*" and self._find_module(f"{target}.{alias.name}") is not None:
                 self._import(f"{target}.{alias.name}")
         return True
-
-
-_Request = tuple[str, int, "tuple[str, ...] | None"]  # module, level, from-names (None: a plain import)
-_CO_OPTIMIZED = 0x1  # a function's code (a class body's runs when the module does)
-_IMPORT_NAME, _LOAD_CONST, _EXTENDED_ARG = (dis.opmap[name] for name in ("IMPORT_NAME", "LOAD_CONST", "EXTENDED_ARG"))
-
-
-def _load_byte_code(data: bytes) -> types.CodeType | None:
-    """The module code in a `.pyc`, if this interpreter wrote that format (its magic number).
-    The code is only looked at, never run; what it names is checked before it is used."""
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
-        return None
-    try:
-        code = marshal.loads(data[16:])
-    except (ValueError, EOFError, TypeError):
-        return None
-    return code if isinstance(code, types.CodeType) else None
-
-
-def _byte_code_imports(module: types.CodeType) -> tuple[list[_Request], list[_Request]]:
-    """The imports of a module's code: those that run when it is imported (its body and class
-    bodies), and those inside functions."""
-    module_level: list[_Request] = []
-    in_functions: list[_Request] = []
-    pending = [(module, False)]
-    while pending:
-        code, in_function = pending.pop()
-        (in_functions if in_function else module_level).extend(_imports_in(code))
-        for constant in reversed(code.co_consts):
-            if isinstance(constant, types.CodeType):
-                pending.append((constant, in_function or bool(constant.co_flags & _CO_OPTIMIZED)))
-    return module_level, in_functions
-
-
-def _imports_in(code: types.CodeType) -> list[_Request]:
-    """IMPORT_NAME instructions with the level and from-list loaded just before them."""
-    units = code.co_code
-    requests: list[_Request] = []
-    position = units.find(_IMPORT_NAME)
-    while position >= 0:
-        if position % 2 == 0:
-            argument = units[position + 1]
-            if position >= 2 and units[position - 2] == _EXTENDED_ARG:
-                argument |= units[position - 1] << 8
-            level, names = 0, None
-            constants = code.co_consts
-            if (
-                position >= 4
-                and units[position - 2] == _LOAD_CONST
-                and units[position - 4] == _LOAD_CONST
-                and max(units[position - 3], units[position - 1]) < len(constants)
-            ):
-                level_constant, names_constant = constants[units[position - 3]], constants[units[position - 1]]
-                level = level_constant if isinstance(level_constant, int) and 0 <= level_constant < 64 else 0
-                if isinstance(names_constant, tuple):
-                    names = tuple(name for name in names_constant if isinstance(name, str))
-            if argument < len(code.co_names):
-                requests.append((code.co_names[argument], level, names))
-        position = units.find(_IMPORT_NAME, position + 1)
-    return requests
 
 
 def _after_env(arguments: Sequence[str]) -> list[str]:
@@ -755,46 +700,6 @@ def _machine_of(files: TreeFiles, path: str) -> int:
         return 0
     info = parse_dynamic(functools.partial(files.read, found[1]), found[1].size)
     return info.machine if info is not None else 0
-
-
-def _python_target(arguments: Sequence[str]) -> tuple[str | None, str | None, str | None]:
-    """(script, module, code) of a python3 command line's arguments."""
-    position = 0
-    while position < len(arguments):
-        argument = arguments[position]
-        if argument == "--" or not argument.startswith("-") or argument == "-":
-            break
-        letters = argument[1:]
-        for index, letter in enumerate(letters):
-            rest = letters[index + 1 :] or (arguments[position + 1] if position + 1 < len(arguments) else "")
-            if letter == "m":
-                return None, rest or None, None
-            if letter == "c":
-                return None, None, rest
-            if letter in _PYTHON_ARG_OPTIONS:
-                if not letters[index + 1 :]:
-                    position += 1
-                break
-        position += 1
-    if position < len(arguments) and arguments[position] == "--":
-        position += 1
-    script = arguments[position] if position < len(arguments) else None
-    return (script if script and script != "-" else None), None, None
-
-
-def _parse(source: bytes) -> list[ast.stmt]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(source).body
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return []
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    if isinstance(test, ast.Name):
-        return test.id == "TYPE_CHECKING"
-    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
 def guess_start_files(files: TreeFiles, command: StartCommand, limits: Limits | None = None) -> list[PrefetchEntry]:
