@@ -104,7 +104,6 @@ class Limits:
     max_files: int = 20_000
     max_listed_bytes: int = 1 << 30
     max_parsed_source_bytes: int = 64 << 20
-    function_imports: bool = True  # also follow imports inside functions, after the rest
 
 
 def _strings(value: object) -> list[str]:
@@ -206,7 +205,7 @@ class StartGuess:
         # large ELF files and their code, listed at the end (path, file, code ranges)
         self._code_last: list[tuple[str, FsNode, list[tuple[int, int]]]] = []
         # function bodies met in the first wave; None once the second wave runs
-        self._deferred: list[Callable[[], object]] | None = [] if limits.function_imports else None
+        self._deferred: list[Callable[[], object]] | None = []
 
     # ---- what is listed
     def _budget_left(self) -> bool:
