@@ -372,7 +372,7 @@ class StartGuess:
         self._python_path = (
             *([first_entry] if first_entry else []),
             *(part for part in self.command.env.get("PYTHONPATH", "").split(":") if part.startswith("/")),
-            *self._python_site_path(executable, version),
+            *self._python_site_path(executable, self._invoked_as(argv[0], cwd), version),
         )
         for start_module in _PYTHON_START_MODULES:
             self._import(start_module)
@@ -432,13 +432,24 @@ class StartGuess:
         ]
         return str(max(minors)) if minors else None
 
-    def _python_site_path(self, executable: str, version: str) -> list[str]:
+    def _invoked_as(self, name: str, cwd: str) -> str:
+        """The path a program was run by, its last symlink not followed: a virtual environment's
+        `bin/python` is a link to the base interpreter, and the environment is found beside it."""
+        if "/" in name:
+            return posixpath.join(cwd, name)
+        for directory in self.command.env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
+            if self.files.file(posixpath.join(directory or ".", name)) is not None:
+                return posixpath.join(directory or ".", name)
+        return name
+
+    def _python_site_path(self, executable: str, invoked: str, version: str) -> list[str]:
         """The interpreter's own search path: its standard library, then site directories (Debian's
-        `dist-packages`, upstream's `site-packages`, a virtual environment's)."""
+        `dist-packages`, upstream's `site-packages`, a virtual environment's, found by the
+        `pyvenv.cfg` above the path it was run by)."""
         prefix = posixpath.dirname(posixpath.dirname(executable))
         library = f"{prefix}/lib/python3.{version}"
         candidates = [f"{library}", f"{library}/lib-dynload"]
-        environment = self.files.file(f"{posixpath.dirname(posixpath.dirname(self.command.argv[0]))}/pyvenv.cfg")
+        environment = self.files.file(f"{posixpath.dirname(posixpath.dirname(invoked))}/pyvenv.cfg")
         if environment is not None:
             candidates.append(posixpath.dirname(environment[0]) + f"/lib/python3.{version}/site-packages")
         candidates += [

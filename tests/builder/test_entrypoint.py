@@ -350,3 +350,21 @@ def test_limits_bound_the_files_looked_at_and_the_source_parsed() -> None:
     # the script is parsed (27 bytes), `first` (13 bytes) would pass the bound
     no_more_source = guess_start_files(_tree(files), command, Limits(max_parsed_source_bytes=30))
     assert [entry.path for entry in no_more_source] == [everything[0], everything[1], everything[2], everything[4]]
+
+
+def test_a_virtual_environment_on_the_path_adds_its_site_packages(tmp_path: Path) -> None:
+    """`python3` found as /opt/venv/bin/python3, a link to the base interpreter: the modules
+    the script imports from the environment's site-packages are listed."""
+    venv_site = "opt/venv/lib/python3.11/site-packages"
+    image = [
+        *_python_image(tmp_path),
+        Entry("opt/venv/bin/python3", "symlink", target="/usr/bin/python3.11"),
+        _file("opt/venv/pyvenv.cfg", "home = /usr/bin\n"),
+        _file(f"{venv_site}/vendored.py", "import json\n"),
+        _file("app/serve.py", "import vendored\n"),
+    ]
+    layers = write_layers(str(tmp_path), [image])
+    command = StartCommand(("python3", "/app/serve.py"), {"PATH": "/opt/venv/bin:/usr/bin:/bin"})
+    bootstrap, _, _ = build_layers(str(tmp_path), layers, BuildOptions(start_command=command))
+    listed = _listed(bootstrap)
+    assert f"/{venv_site}/vendored.py" in listed and f"/{STDLIB}/json/decoder.py" in listed
