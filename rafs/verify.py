@@ -25,14 +25,22 @@ immutable, so a bit once set stays true. Threads may race on a bit: a lost updat
 record is verified again, never that an unverified one is used.
 
 An inode number that did not come from a verified directory (the prefetch table, say) is made
-authentic by verifying directories in inode order until one lists it: inode numbers are given
-breadth first, so a file's first directory has a smaller number than the file.
+authentic by the directory that lists it. Which one is found from the tables as stored: inode
+numbers are given breadth first, so each directory's new children are numbered in one block,
+blocks in the order of their directories; the directory whose block starts last at or before
+the number is verified (with the directories above it). That is only where to look: if the
+verified directory does not list the inode (a hard link, or damage), directories are verified
+in inode order until one does. So a start that prefetches 2,000 files verifies the directories
+that hold them, not every directory of the image (0.12 s of the daemon's start on a 40,000-entry
+image). The index of where blocks start costs two integers per directory, built on first need.
 """
 
 from __future__ import annotations
 
+import bisect
 import stat
 import struct
+from array import array
 from typing import TYPE_CHECKING
 
 from rafs import digest, layout
@@ -48,7 +56,9 @@ VERIFIED = 2  # the record matches its authentic digest
 # mode, parent and digest of an inode record: what a directory's check reads of each child.
 _CHILD = struct.Struct("<I44xQ24x32s")
 _MODE = struct.Struct(f"<I{layout.INODE.size - 4}x")
-assert _CHILD.size == layout.INODE.size == _MODE.size
+# mode, data_start and data_count of an inode record: what the block index reads of each directory.
+_ENTRIES = struct.Struct("<I52xQI44x")
+assert _CHILD.size == layout.INODE.size == _MODE.size == _ENTRIES.size
 
 MAX_REMEMBERED_FAILURES = 4096
 MAX_ZERO_DIGESTS = 64
@@ -64,6 +74,8 @@ class TreeVerifier:
         self._failed: dict[int, str] = {}  # inode -> why, so a broken record fails fast
         self._zero_digests: dict[int, bytes] = {}
         self._sweep_next = layout.ROOT_INO  # next inode the directory sweep looks at
+        self._block_starts: array[int] | None = None  # first child of each directory, as stored
+        self._block_directories: array[int] = array("Q")  # the directory of each block start
         self._verify_root()
 
     # -- state ---------------------------------------------------------------------------------
@@ -149,7 +161,14 @@ class TreeVerifier:
         self._check(record)
 
     def _sweep_for(self, ino: int) -> None:
-        """Verify directories in inode order until one lists `ino` (see the module docstring)."""
+        """Verify the directory whose block of new children holds `ino`; failing that, verify
+        directories in inode order until one lists it (see the module docstring)."""
+        directory = self._block_holding(ino)
+        if directory is not None:
+            try:
+                self._verified_directory(directory)
+            except CorruptBootstrap:
+                pass  # that directory fails on its own use; the sweep may find another
         sb = self.superblock
         while not self._has(ino, AUTHENTIC) and self._sweep_next <= sb.inode_count:
             current = self._sweep_next
@@ -162,6 +181,29 @@ class TreeVerifier:
                     continue  # that directory fails on its own use; another may list `ino`
         if not self._has(ino, AUTHENTIC):
             raise CorruptBootstrap(f"inode {ino}: no verified directory lists it")
+
+    def _block_holding(self, ino: int) -> int | None:
+        """The directory whose block of new children, as stored, starts last at or before `ino`
+        (unverified: where to look first), or None."""
+        if self._block_starts is None:
+            self._block_starts = self._index_blocks()
+        position = bisect.bisect_right(self._block_starts, ino) - 1
+        return self._block_directories[position] if position >= 0 else None
+
+    def _index_blocks(self) -> array[int]:
+        """Where each directory's children start, read from the stored tables in one pass."""
+        sb = self.superblock
+        buffer = self.bootstrap.buffer
+        table = memoryview(buffer)[sb.inode_table_offset : sb.inode_table_offset + sb.inode_count * layout.INODE.size]
+        starts: array[int] = array("Q")
+        for ino, (mode, data_start, data_count) in enumerate(_ENTRIES.iter_unpack(table), start=1):
+            if not stat.S_ISDIR(mode) or not data_count or not 0 <= data_start < sb.dirent_count:
+                continue
+            first_child = layout.DIRENT.unpack_from(buffer, sb.dirent_table_offset + data_start * layout.DIRENT.size)[3]
+            if first_child > ino and (not starts or first_child > starts[-1]):  # kept sorted for bisect
+                starts.append(first_child)
+                self._block_directories.append(ino)
+        return starts
 
     # -- checking a record against its authentic digest ----------------------------------------
 

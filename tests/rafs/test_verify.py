@@ -154,6 +154,37 @@ def test_an_inode_reached_by_number_alone_is_verified_through_its_directories() 
         assert bootstrap.verifier.is_verified(ino)
 
 
+def test_an_inode_reached_by_number_verifies_only_the_directories_above_it() -> None:
+    """Prefetching a few files of a large image must not verify every directory of it."""
+    reference = Bootstrap(sample(), verify=False)
+    libc, dev, etc = (reference.resolve(path) for path in ("/usr/lib/libc.so", "/dev", "/etc"))
+    assert libc is not None and dev is not None and etc is not None
+    assert dev < libc and etc < libc  # numbered before it: a sweep in inode order meets them first
+    bootstrap = Bootstrap(sample())
+    assert bootstrap.verifier is not None
+    assert bootstrap.inode(libc).is_reg
+    verified = [ino for ino in range(1, bootstrap.inode_count + 1) if bootstrap.verifier.is_verified(ino)]
+    assert verified == sorted([layout.ROOT_INO, reference.resolve("/usr"), reference.resolve("/usr/lib"), libc])
+
+
+def test_an_inode_whose_directory_starts_with_an_older_link_is_found_all_the_same() -> None:
+    """/b lists a hard link to /a/x first, so its block of new children is not where the stored
+    tables say: the first directory tried does not list /b/y, and the others are tried in order."""
+    root = new_directory()
+    first = root.children[b"a"] = new_directory()
+    shared = first.children[b"x"] = _file([b"x"], 1)
+    second = root.children[b"b"] = new_directory()
+    second.children[b"0"] = shared
+    second.children[b"y"] = _file([b"y"], 1)
+    data = write_bootstrap(root, [BlobRecord(BLOB_ID, 10**6, 10**6, 10, layout.COMPRESSOR_ZSTD)], chunk_size=CHUNK_SIZE)
+    y = Bootstrap(data, verify=False).resolve("/b/y")
+    assert y is not None
+    bootstrap = Bootstrap(data)
+    assert bootstrap.verifier is not None
+    assert served(bootstrap, y) == served(Bootstrap(data, verify=False), y)
+    assert bootstrap.verifier.is_verified(y)
+
+
 def test_a_directory_reached_by_number_is_verified_up_its_parents() -> None:
     reference = Bootstrap(sample(), verify=False)
     lib = reference.resolve("/usr/lib")
