@@ -157,14 +157,16 @@ def test_an_inode_reached_by_number_alone_is_verified_through_its_directories() 
 def test_an_inode_reached_by_number_verifies_only_the_directories_above_it() -> None:
     """Prefetching a few files of a large image must not verify every directory of it."""
     reference = Bootstrap(sample(), verify=False)
-    libc, dev, etc = (reference.resolve(path) for path in ("/usr/lib/libc.so", "/dev", "/etc"))
-    assert libc is not None and dev is not None and etc is not None
+    libc, dev, etc, usr, lib = (
+        reference.resolve(path) for path in ("/usr/lib/libc.so", "/dev", "/etc", "/usr", "/usr/lib")
+    )
+    assert libc is not None and dev is not None and etc is not None and usr is not None and lib is not None
     assert dev < libc and etc < libc  # numbered before it: a sweep in inode order meets them first
     bootstrap = Bootstrap(sample())
     assert bootstrap.verifier is not None
     assert bootstrap.inode(libc).is_reg
     verified = [ino for ino in range(1, bootstrap.inode_count + 1) if bootstrap.verifier.is_verified(ino)]
-    assert verified == sorted([layout.ROOT_INO, reference.resolve("/usr"), reference.resolve("/usr/lib"), libc])
+    assert verified == sorted([layout.ROOT_INO, usr, lib, libc])
 
 
 def test_an_inode_whose_directory_starts_with_an_older_link_is_found_all_the_same() -> None:
