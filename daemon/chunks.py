@@ -314,6 +314,24 @@ class ChunkSource:
             failed += isinstance(flight.result, NydusError)
         return failed
 
+    def queued_for_prefetch(self, request: ChunkRequest) -> bool:
+        """Whether the chunk waits in a prefetch job that has not started."""
+        flight = self._flights.get(request.key)
+        return flight is not None and not flight.job.started and flight.job.priority == Priority.PREFETCH
+
+    def hurry_prefetch(self, requests: Iterable[ChunkRequest]) -> int:
+        """Move the prefetch jobs (not started) holding any of `requests` to the readahead
+        queue, ahead of the rest of the prefetch list; how many moved."""
+        moved = 0
+        for request in requests:
+            flight = self._flights.get(request.key)
+            if flight is not None and not flight.job.started and flight.job.priority == Priority.PREFETCH:
+                flight.job.priority = Priority.READAHEAD
+                self._queues.put(flight.job)
+                moved += 1
+        self.stats.promoted_jobs += moved
+        return moved
+
     def pending_count(self) -> int:
         """Jobs waiting for a worker, of every priority."""
         return sum(self._queues.pending(priority) for priority in Priority)

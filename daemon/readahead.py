@@ -1,4 +1,4 @@
-"""`Readahead`: which chunks to fetch before a FUSE read asks for them. One object, three policies.
+"""`Readahead`: which chunks to fetch before a FUSE read asks for them. One object, four policies.
 
 Most images are converted without an access trace, so the daemon must guess what a start needs
 next. It uses what the workload shows it:
@@ -28,7 +28,15 @@ next. It uses what the workload shows it:
   On a large image whose libraries sit together it stays whole; on an image whose start reads
   one file here and one there it shrinks, and stops fetching what nobody reads.
 
-All three queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
+- **A listed file the start reaches early**: a read that needs a chunk the prefetch list has
+  queued but not yet started moves the file's other queued chunks ahead of the rest of the list
+  (once per file). A library's code is listed at the end, since a start often runs little of
+  it, but one whose code does run (LLVM's constructors, say) faults it in from the moment it is
+  loaded, one chunk at a time, each a wait behind the whole list; this turns those waits into a
+  few parallel fetches. On debian-sci's cold start it took 5.47-5.52 s against 5.64-5.77 s at
+  400 Mbit/s, 7.68 against 7.79 s at 200 (medians of 3, alternating runs).
+
+All four queue background jobs (`ChunkSource.want`); `ChunkSource` asks the third for each
 demand miss. The per-blob stored order comes from `daemon.blob_order`, built on the
 blob's first miss: on the event loop for a small chunk table, else in a background thread, so
 the first miss never waits for it (misses in that blob meanwhile get no amplification).
@@ -98,6 +106,7 @@ class Readahead:
         self.amplified_used_bytes = 0  # of those, read since
         self._opened: set[int] = set()  # files whose first open queued them whole
         self._prefetched_by_chunk: set[int] = set()  # files whose needed chunks a trace named
+        self._hurried: set[int] = set()  # files whose queued prefetch chunks were moved ahead
         self._streams: dict[int, _Stream] = {}  # files being read in order
         self._orders: dict[int, BlobOrder] = {}  # by blob index, built on the blob's first miss
         self._ordering: set[int] = set()  # blob indexes whose order was asked for
@@ -131,6 +140,30 @@ class Readahead:
             # already here, prefetched or brought by amplification, brings nothing more.)
             self.chunks.want(requests, Priority.READAHEAD)
             self.chunks.want(self.along(requests), Priority.READAHEAD)
+
+    # -- listed files reached early -----------------------------------------------------------------
+
+    def reached(self, ino: int, pieces: Sequence[ChunkSlice]) -> None:
+        """A read of `pieces` of file `ino`: if one waits in the prefetch queue, move the file's
+        other queued chunks ahead of the rest of the list (see the module docstring)."""
+        if ino in self._hurried:
+            return
+        if not any(
+            self.chunks.queued_for_prefetch(self.chunks.request(piece.chunk_index, piece.record))
+            for piece in pieces
+            if not piece.record.is_zero
+        ):
+            return
+        if len(self._hurried) >= MAX_TRACKED_FILES:
+            self._hurried.clear()
+        self._hurried.add(ino)
+        inode = self.bootstrap.inode(ino)
+        requests = []
+        for index in range(inode.data_start, inode.data_start + inode.data_count):
+            record = self.bootstrap.chunk(index)
+            if not record.is_zero:
+                requests.append(self.chunks.request(index, record))
+        self.chunks.hurry_prefetch(requests)
 
     # -- sequential window ------------------------------------------------------------------------
 

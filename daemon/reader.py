@@ -32,6 +32,7 @@ class FileReader:
         pieces = self.bootstrap.chunk_span(ino, offset, size)
         self.readahead.followed(ino, offset, size)
         self.readahead.used(pieces)
+        self.readahead.reached(ino, pieces)
         parts = await self.chunks.read(pieces)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.timeline is not None:

@@ -91,6 +91,48 @@ def test_on_demand_read_overtakes_prefetch(tmp_path: Path) -> None:
     assert sum(length for _, length in backend.reads) == total, "every chunk fetched exactly once"
 
 
+def test_a_read_of_a_file_waiting_in_the_prefetch_list_moves_the_file_ahead(tmp_path: Path) -> None:
+    """/a then /b are listed; a read of /b while /a is being prefetched brings the rest of /b
+    before the rest of /a (a library whose code is listed last but runs as soon as it loads)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(5)
+    files = {"a": rng.randbytes(16 * CHUNK), "b": rng.randbytes(16 * CHUNK)}
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    image = build_image(str(source), str(tmp_path / "image"), chunk_size=CHUNK, compressor=layout.COMPRESSOR_NONE)
+    bootstrap = open_bootstrap(image.bootstrap)
+    backend = SlowBackend(image.blob_dir, 0.02)
+    chunks, readahead = make_source(
+        bootstrap, backend, MemoryChunkCache(), fetch_workers=2, demand_workers=1, merging_size=CHUNK
+    )
+    listed = [PrefetchEntry(b"/a"), PrefetchEntry(b"/b")]
+    prefetcher = Prefetcher(chunks, files=listed, prefetch_all=False, readahead=readahead)
+    a_offsets = {record.compressed_offset for record in bootstrap.chunks(inode(bootstrap, "a"))}
+    b = inode(bootstrap, "b")
+    b_offsets = {record.compressed_offset for record in bootstrap.chunks(b)}
+
+    async def main() -> None:
+        async with running(chunks) as nursery:
+            nursery.start_soon(prefetcher.run)
+            while len(backend.reads) < 3:
+                await trio.sleep(0.005)
+            data = await FileReader(bootstrap, chunks, readahead).read(b, 8 * CHUNK, CHUNK)
+            assert data == files["b"][8 * CHUNK : 9 * CHUNK]
+            fetched_a = sum(1 for offset, _ in backend.reads if offset in a_offsets)
+            assert fetched_a < 12, "/a was nearly all fetched before the read: the test proves nothing"
+            while prefetcher.stats.chunks + prefetcher.stats.errors == 0:
+                await trio.sleep(0.01)
+
+    trio.run(main)
+    order = [offset for offset, _ in backend.reads]
+    assert sorted(order) == sorted(a_offsets | b_offsets), "every chunk fetched exactly once"
+    last_b = max(order.index(offset) for offset in b_offsets)
+    last_a = max(order.index(offset) for offset in a_offsets)
+    assert last_b < last_a, "the rest of /b waited behind the rest of /a"
+    assert chunks.stats.requests_by_priority["readahead"] >= 14
+
+
 def test_prefetch_keeps_the_link_busy_with_every_background_worker(tmp_path: Path) -> None:
     bootstrap, blob_dir, _ = make_image(tmp_path)
     backend = SlowBackend(blob_dir, 0.05)
