@@ -109,6 +109,15 @@ class _JobQueues:
         self._queues[job.priority].append(job)
         self._lot.unpark_all()
 
+    def move(self, job: _Job, priority: Priority) -> None:
+        """Requeue a job not yet started at `priority`; its entry in the old queue is skipped."""
+        job.priority = priority
+        self.put(job)
+
+    def may_hold(self, priority: Priority) -> bool:
+        """False only if no job waits at `priority` (cheap: stale entries count)."""
+        return bool(self._queues[priority])
+
     def pending(self, priority: Priority) -> int:
         return sum(1 for job in self._queues[priority] if not job.started and job.priority == priority)
 
@@ -314,20 +323,25 @@ class ChunkSource:
             failed += isinstance(flight.result, NydusError)
         return failed
 
-    def queued_for_prefetch(self, request: ChunkRequest) -> bool:
-        """Whether the chunk waits in a prefetch job that has not started."""
+    def prefetch_waiting(self) -> bool:
+        """Whether any prefetch job may still wait for a worker (cheap; False once none does)."""
+        return self._queues.may_hold(Priority.PREFETCH)
+
+    def queued_for_prefetch(self, request: ChunkRequest) -> _Job | None:
+        """The prefetch job, not started, that the chunk waits in, if any."""
         flight = self._flights.get(request.key)
-        return flight is not None and not flight.job.started and flight.job.priority == Priority.PREFETCH
+        if flight is None or flight.job.started or flight.job.priority != Priority.PREFETCH:
+            return None
+        return flight.job
 
     def hurry_prefetch(self, requests: Iterable[ChunkRequest]) -> int:
         """Move the prefetch jobs (not started) holding any of `requests` to the readahead
         queue, ahead of the rest of the prefetch list; how many moved."""
         moved = 0
         for request in requests:
-            flight = self._flights.get(request.key)
-            if flight is not None and not flight.job.started and flight.job.priority == Priority.PREFETCH:
-                flight.job.priority = Priority.READAHEAD
-                self._queues.put(flight.job)
+            job = self.queued_for_prefetch(request)
+            if job is not None:
+                self._queues.move(job, Priority.READAHEAD)
                 moved += 1
         self.stats.promoted_jobs += moved
         return moved
@@ -425,8 +439,7 @@ class ChunkSource:
             flights[request.key] = flight
             self.stats.shared_waits += 1
             if not flight.job.started and flight.job.priority != Priority.DEMAND:
-                flight.job.priority = Priority.DEMAND
-                self._queues.put(flight.job)
+                self._queues.move(flight.job, Priority.DEMAND)
                 self.stats.promoted_jobs += 1
         if unclaimed:
             self._enqueue(unclaimed, Priority.DEMAND, set(), self.merging_size)

@@ -146,10 +146,10 @@ class Readahead:
     def reached(self, ino: int, pieces: Sequence[ChunkSlice]) -> None:
         """A read of `pieces` of file `ino`: if one waits in the prefetch queue, move the file's
         other queued chunks ahead of the rest of the list (see the module docstring)."""
-        if ino in self._hurried:
-            return
+        if ino in self._hurried or not self.chunks.prefetch_waiting():
+            return  # the check below costs a lookup a piece: skipped on warm reads and after prefetch
         if not any(
-            self.chunks.queued_for_prefetch(self.chunks.request(piece.chunk_index, piece.record))
+            self.chunks.queued_for_prefetch(self.chunks.request(piece.chunk_index, piece.record)) is not None
             for piece in pieces
             if not piece.record.is_zero
         ):

@@ -74,8 +74,7 @@ class TreeVerifier:
         self._failed: dict[int, str] = {}  # inode -> why, so a broken record fails fast
         self._zero_digests: dict[int, bytes] = {}
         self._sweep_next = layout.ROOT_INO  # next inode the directory sweep looks at
-        self._block_starts: array[int] | None = None  # first child of each directory, as stored
-        self._block_directories: array[int] = array("Q")  # the directory of each block start
+        self._block_index: tuple[array[int], array[int]] | None = None  # (block starts, their directories)
         self._verify_root()
 
     # -- state ---------------------------------------------------------------------------------
@@ -185,25 +184,28 @@ class TreeVerifier:
     def _block_holding(self, ino: int) -> int | None:
         """The directory whose block of new children, as stored, starts last at or before `ino`
         (unverified: where to look first), or None."""
-        if self._block_starts is None:
-            self._block_starts = self._index_blocks()
-        position = bisect.bisect_right(self._block_starts, ino) - 1
-        return self._block_directories[position] if position >= 0 else None
+        if self._block_index is None:
+            self._block_index = self._index_blocks()
+        starts, directories = self._block_index
+        position = bisect.bisect_right(starts, ino) - 1
+        return directories[position] if position >= 0 else None
 
-    def _index_blocks(self) -> array[int]:
-        """Where each directory's children start, read from the stored tables in one pass."""
+    def _index_blocks(self) -> tuple[array[int], array[int]]:
+        """Where each directory's children start (sorted, for bisect) and which directory each
+        block is, read from the stored tables in one pass."""
         sb = self.superblock
         buffer = self.bootstrap.buffer
         table = memoryview(buffer)[sb.inode_table_offset : sb.inode_table_offset + sb.inode_count * layout.INODE.size]
         starts: array[int] = array("Q")
+        directories: array[int] = array("Q")
         for ino, (mode, data_start, data_count) in enumerate(_ENTRIES.iter_unpack(table), start=1):
             if not stat.S_ISDIR(mode) or not data_count or not 0 <= data_start < sb.dirent_count:
                 continue
             first_child = layout.DIRENT.unpack_from(buffer, sb.dirent_table_offset + data_start * layout.DIRENT.size)[3]
             if first_child > ino and (not starts or first_child > starts[-1]):  # kept sorted for bisect
                 starts.append(first_child)
-                self._block_directories.append(ino)
-        return starts
+                directories.append(ino)
+        return starts, directories
 
     # -- checking a record against its authentic digest ----------------------------------------
 
