@@ -9,6 +9,7 @@ packages=(
   fuse3 libfuse3-dev                                # FUSE mounts (nydusd)
   libzstd-dev zstd                                  # the native hot path links libzstd
   squashfs-tools squashfuse erofs-utils             # baselines in benchmarks/; fsck.erofs checks exported images
+  linux-perf                                        # benchmarks.offcpu reads a perf sched recording
   runc                                              # containers on the mount
   docker-registry apache2-utils                     # the real registry (and htpasswd) the tests start
   busybox-static                                    # the built-in example image
