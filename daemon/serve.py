@@ -7,9 +7,9 @@ anything else, so the snapshotter can watch `state` go from INIT to RUNNING; eve
 that can fail (bootstrap, config, backend, cache directory, stale mount) is done before
 `pyfuse3.init` mounts, so the mountpoint appears only when the daemon can serve it.
 
-SIGINT, SIGTERM and `PUT /api/v1/daemon/exit` stop the FUSE loop; requests still waiting on a
-backend get a short grace period and are then cancelled, and the filesystem is unmounted on
-every exit path Python controls. A daemon killed outright leaves a stale mount that the next
+SIGINT, SIGTERM and `PUT /api/v1/daemon/exit` stop the FUSE loop (a signal repeated while it
+stops is ignored); requests still waiting on a backend get a short grace period and are then
+cancelled, and the filesystem is unmounted on every exit path Python controls. A daemon killed outright leaves a stale mount that the next
 start clears (`daemon.mountpoint`) and a stale socket that the next start replaces.
 """
 
@@ -135,6 +135,14 @@ class Daemon:
         scope.cancel()
 
     async def _signals(self) -> None:
+        """The first SIGINT or SIGTERM asks the daemon to stop; any later one is ignored.
+
+        A supervisor may signal again while the daemon stops (its process group, then the
+        process). The default action would kill it half-way through unmounting and writing its
+        outputs, leaving a dead mount; so what the receiver restores when it closes is SIG_IGN.
+        """
+        for stopping in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stopping, signal.SIG_IGN)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s: unmounting", signal.Signals(signum).name)

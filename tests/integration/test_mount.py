@@ -286,3 +286,34 @@ def test_without_config_blobs_are_read_beside_the_bootstrap(synthetic: Image, tm
             process.kill()
             process.wait()
         force_unmount(mountpoint)
+
+
+def test_signals_repeated_while_stopping_do_not_kill_the_daemon_half_way(
+    synthetic: Image, tmp_path: os.PathLike[str]
+) -> None:
+    """A supervisor may signal again while the daemon stops (the process group and the process,
+    or a second `kill`): the first SIGTERM stops it, the others must not kill it before it has
+    unmounted and written what it was asked to (a dead mount and no timeline otherwise)."""
+    work = str(tmp_path)
+    mountpoint = os.path.join(work, "mnt")
+    timeline = os.path.join(work, "timeline.json")
+    config = write_config(os.path.join(work, "c.json"), synthetic.blob_dir)
+    daemon = start_nydusd(
+        synthetic.bootstrap, mountpoint, config, os.path.join(work, "log"), extra=["--timeline-out", timeline]
+    )
+    try:
+        with open(os.path.join(mountpoint, "usr/lib/file001"), "rb") as mounted_file:
+            mounted_file.read()
+        signals = 0
+        deadline = time.monotonic() + 30
+        while daemon.process.poll() is None and time.monotonic() < deadline:
+            daemon.process.send_signal(signal.SIGINT if signals % 2 else signal.SIGTERM)
+            signals += 1
+            time.sleep(0.002)
+        assert signals > 1, "the daemon was gone after one signal: the test proves nothing"
+        assert daemon.process.wait(30) == 0, daemon.log()
+        assert not is_mounted(mountpoint)
+        assert os.path.getsize(timeline) > 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+        force_unmount(mountpoint)
