@@ -9,8 +9,9 @@ that can fail (bootstrap, config, backend, cache directory, stale mount) is done
 
 SIGINT, SIGTERM and `PUT /api/v1/daemon/exit` stop the FUSE loop (a signal repeated while it
 stops is ignored); requests still waiting on a backend get a short grace period and are then
-cancelled, and the filesystem is unmounted on every exit path Python controls. A daemon killed outright leaves a stale mount that the next
-start clears (`daemon.mountpoint`) and a stale socket that the next start replaces.
+cancelled, and the filesystem is unmounted on every exit path Python controls. A daemon killed
+outright leaves a stale mount that the next start clears (`daemon.mountpoint`) and a stale
+socket that the next start replaces.
 """
 
 from __future__ import annotations
