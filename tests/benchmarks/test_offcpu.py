@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.offcpu import OffCpuError, read_recording, wait_kind, workloads
+from benchmarks.offcpu import OffCpuError, main, read_recording, wait_kind, workloads
 
 LOOKUP = "request_wait_answer <- __fuse_simple_request <- fuse_lookup_name <- fuse_lookup <- __lookup_slow"
 FAULT = "io_schedule <- folio_wait_bit_common <- filemap_fault <- __do_fault <- do_fault"
@@ -73,3 +73,11 @@ def test_workloads_are_listed_in_the_order_they_started() -> None:
 def test_a_missing_recording_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OffCpuError, match="perf"):
         read_recording(str(tmp_path) + "/absent.data")
+
+
+def test_the_command_says_in_one_line_why_it_cannot_read_a_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path / "absent.data")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("offcpu: ") and error.count("\n") == 1
